@@ -1,0 +1,46 @@
+# `make demo` runs the main job on built-in data; `make test` runs the default test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-done
+DEMO_OUT ?= demo_out
+APT_PACKAGES := ffmpeg
+
+.PHONY: setup system-deps test test-slow demo clean
+
+setup: $(STAMP)
+
+# Idempotent: re-running only re-checks the stamp (fast). Order: torch, numpy+cython, fairseq
+# (built against that torch, without build isolation), then the rest.
+$(STAMP): requirements.txt Makefile pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q numpy==2.4.6 cython==3.3.1
+	$(PIP) install -q --no-build-isolation fairseq-fixed==0.12.3.1
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Debian packages used by preparation and the demo; installed only when missing.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: setup
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) outputs
