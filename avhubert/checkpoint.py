@@ -32,14 +32,15 @@ ALLOWED_CLASSES = ("fairseq.data.dictionary.Dictionary", "fairseq.data.encoders.
 
 def register_safe_globals() -> None:
     """Admit the allow-list into torch's weights-only unpickler (used by fairseq's loader)."""
-    torch.serialization.add_safe_globals(_allowed())
+    known = set(map(id, torch.serialization.get_safe_globals()))
+    torch.serialization.add_safe_globals([c for c in _allowed() if id(c) not in known])
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """`torch.load(path, weights_only=True)` with the allow-list; a clear error otherwise."""
     try:
-        with torch.serialization.safe_globals(_allowed()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        register_safe_globals()  # (not the safe_globals context: on exit it drops pre-registered entries)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"{path}: refused to unpickle: it needs objects outside the allow-list "

@@ -29,6 +29,13 @@ def spec_fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
+def spec_keys() -> Path:
+    if not KEYS.is_dir():
+        pytest.skip(f"spec key listings not found at {KEYS}")
+    return KEYS
+
+
+@pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     """16 train + 4 valid synthetic AV clips with 25 Hz `.km` and 100 Hz `.mfcc` labels."""
     from preparation.make_synthetic_data import make_corpus

@@ -1,0 +1,57 @@
+"""Audio features equal a direct python_speech_features computation; bad wavs fail clearly."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from python_speech_features import logfbank
+
+from avhubert.features.audio import AudioFormatError, audio_features, read_wav, stack_frames
+
+
+def _speechlike(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    wav = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(n)
+    return (wav * 32767).astype(np.int16)
+
+
+def test_matches_python_speech_features_within_1e_5():
+    num_frames = 37
+    wav = _speechlike(640 * num_frames)
+    ours = audio_features(wav, stack_order=4, num_video_frames=num_frames, normalize=True).numpy()
+    fb = logfbank(wav, samplerate=16000).astype(np.float32)  # [4T-1, 26] at 100 Hz
+    assert fb.shape == (4 * num_frames - 1, 26)
+    fb = np.concatenate([fb, np.zeros((1, 26), np.float32)])  # zero-pad to a multiple of 4
+    stacked = fb.reshape(num_frames, 104)  # frame-major: [f0, f1, f2, f3]
+    mean = stacked.mean(1, keepdims=True)
+    var = stacked.var(1, keepdims=True)
+    expected = (stacked - mean) / np.sqrt(var + 1e-5)
+    assert ours.shape == (num_frames, 104)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_stacking_is_frame_major_and_alignment_pads_or_truncates():
+    feats = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)
+    out = stack_frames(feats, 4)
+    assert out.shape == (2, 8)
+    np.testing.assert_array_equal(out[0], [0, 1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(out[1], [8, 9, 0, 0, 0, 0, 0, 0])
+    wav = _speechlike(640 * 10)
+    assert audio_features(wav, 4, num_video_frames=12, normalize=False).shape == (12, 104)
+    short = audio_features(wav, 4, num_video_frames=7, normalize=False)
+    np.testing.assert_array_equal(short.numpy(), audio_features(wav, 4, None, False)[:7].numpy())
+
+
+def test_read_wav_rejects_wrong_rate_and_stereo(tmp_path):
+    wav = _speechlike(8000)
+    sf.write(tmp_path / "ok.wav", wav, 16000, subtype="PCM_16")
+    np.testing.assert_array_equal(read_wav(str(tmp_path / "ok.wav")), wav)
+    sf.write(tmp_path / "8k.wav", wav, 8000, subtype="PCM_16")
+    with pytest.raises(AudioFormatError, match=r"8k\.wav: sample rate 8000 Hz"):
+        read_wav(str(tmp_path / "8k.wav"))
+    sf.write(tmp_path / "stereo.wav", np.stack([wav, wav], 1), 16000, subtype="PCM_16")
+    with pytest.raises(AudioFormatError, match=r"stereo\.wav: 2 channels"):
+        read_wav(str(tmp_path / "stereo.wav"))
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        read_wav(str(tmp_path / "missing.wav"))

@@ -1,0 +1,113 @@
+"""Model behaviour: modality dropout, label decimation, logits, layer semantics, batching."""
+
+import pytest
+import torch
+
+from tests.plugin.tiny_model import random_batch, tiny_model
+
+
+def test_forward_outputs_and_masked_frames_are_or_of_streams():
+    model = tiny_model().train()
+    audio, video, pad = random_batch(lengths=[20, 16, 12])
+    targets = [torch.randint(4, 12, (3, 20))]
+    ma = torch.zeros(3, 20, dtype=torch.bool)
+    ma[:, 2:6] = True
+    mv = torch.zeros(3, 20, dtype=torch.bool)
+    mv[:, 8:10] = True
+    out = model({"audio": audio, "video": video}, targets, pad, mask_audio=ma, mask_video=mv, modality_drop="none")
+    n_masked = int(((ma | mv) & ~pad).sum())
+    assert out["logit_m_list"][0].shape == (n_masked, 12)
+    assert out["logit_u_list"][0].shape[0] == int((~pad).sum()) - n_masked
+    assert out["target_m_list"][0].shape == (n_masked,)
+    assert torch.isfinite(out["features_pen"])
+    # cosine similarity / 0.1 is bounded by 10
+    assert out["logit_m_list"][0].abs().max() <= 10 + 1e-4
+
+
+@pytest.mark.parametrize("which", ["audio", "video"])
+def test_modality_dropout_zeroes_exactly_one_stream(which):
+    model = tiny_model(modality_dropout=1.0, audio_dropout=1.0 if which == "audio" else 0.0).train()
+    audio, video, _ = random_batch()
+    feats = model.encode_modalities(audio, video)
+    dropped = model.drop_modality(feats)
+    assert dropped[which].abs().sum() == 0
+    other = "video" if which == "audio" else "audio"
+    assert torch.equal(dropped[other], feats[other])
+    assert model.eval().drop_modality(feats) is feats  # never in eval mode
+
+
+def test_modality_dropout_rate_is_per_batch():
+    model = tiny_model(modality_dropout=0.5, audio_dropout=0.5).train()
+    feats = {"audio": torch.ones(2, 3, 4), "video": torch.ones(2, 3, 4)}
+    torch.manual_seed(0)
+    drops = {"none": 0, "audio": 0, "video": 0}
+    for _ in range(400):
+        out = model.drop_modality(feats)
+        key = "audio" if out["audio"].sum() == 0 else "video" if out["video"].sum() == 0 else "none"
+        drops[key] += 1
+    assert 150 < drops["none"] < 250 and 60 < drops["audio"] < 140 and 60 < drops["video"] < 140
+
+
+def test_100hz_labels_are_decimated_by_four():
+    model = tiny_model(label_rate=100)
+    feats = torch.zeros(2, 5, 10)
+    labels = torch.arange(38).repeat(2, 1)  # 38 < 4 * 10: features are trimmed to 9 steps
+    trimmed, (picked,) = model.align_targets(feats, [labels])
+    assert trimmed.shape[-1] == 9
+    assert picked[0].tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 32]
+
+
+def test_extract_features_layer_k_equals_kth_layer_of_full_forward():
+    model = tiny_model(encoder_layers=3).eval()
+    audio, video, pad = random_batch(lengths=[20, 15, 10])
+    src = {"audio": audio, "video": video}
+    with torch.no_grad():
+        x0, _ = model.extract_features(src, pad, ret_conv=True)
+        _, hidden = model.encoder(x0, pad)
+        for k in (1, 2, 3):
+            xk, _ = model.extract_features(src, pad, output_layer=k)
+            torch.testing.assert_close(xk, hidden[k - 1])
+        full, _ = model.extract_features(src, pad)
+        torch.testing.assert_close(full, model.encoder.layer_norm(hidden[-1]))
+
+
+def test_batched_equals_single_for_valid_frames():
+    model = tiny_model().eval()
+    audio, video, pad = random_batch(bsz=2, lengths=[20, 13])
+    with torch.no_grad():
+        batched, _ = model.extract_features({"audio": audio, "video": video}, pad)
+        single, _ = model.extract_features({"audio": audio[1:, :, :13], "video": video[1:, :, :13]}, None)
+    torch.testing.assert_close(batched[1, :13], single[0], atol=1e-5, rtol=1e-4)
+
+
+def test_missing_modality_is_zeros_after_front_end():
+    model = tiny_model().eval()
+    audio, video, pad = random_batch()
+    with torch.no_grad():
+        only_video, _ = model.extract_finetune({"audio": None, "video": video}, pad)
+        feats = model.encode_modalities(audio, video)
+        feats["audio"] = torch.zeros_like(feats["audio"])
+        fused = model.post_extract_proj(model.layer_norm(model.fuse(feats).transpose(1, 2)))
+        expected, _ = model.encoder(fused, pad)
+    torch.testing.assert_close(only_video, expected)
+    with pytest.raises(ValueError, match="neither audio nor video"):
+        model.extract_finetune({"audio": None, "video": None})
+
+
+def test_feature_masking_uses_mask_emb_and_gradients_flow():
+    model = tiny_model(masking_type="feature", mask_prob_audio=0.5, mask_prob_image=0.5, mask_length_audio=3, mask_length_image=3).train()
+    audio, video, pad = random_batch()
+    out = model({"audio": audio, "video": video}, [torch.randint(4, 12, (3, 20))], pad)
+    loss = sum(torch.nn.functional.cross_entropy(l, t) for l, t in zip(out["logit_m_list"], out["target_m_list"]))
+    loss.backward()
+    assert model.mask_emb.shape == (32,) and model.mask_emb.grad is not None
+    assert model.feature_extractor_video.resnet.frontend3D[0].weight.grad.abs().sum() > 0
+
+
+def test_feature_grad_mult_zero_freezes_front_ends():
+    model = tiny_model(feature_grad_mult=0.0).train()
+    audio, video, pad = random_batch()
+    out = model({"audio": audio, "video": video}, [torch.randint(4, 12, (3, 20))], pad)
+    out["logit_m_list"][0].sum().backward()
+    assert model.feature_extractor_audio.proj.weight.grad is None
+    assert model.post_extract_proj.weight.grad is not None
