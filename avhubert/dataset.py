@@ -223,6 +223,8 @@ class AVHubertDataset(FairseqDataset):
             "net_input": net_input,
             "utt_id": [s["fid"] for s in samples],
         }
+        if not targets:  # decoding without references
+            return batch
         if self.single_target:
             batch["target_lengths"], batch["ntokens"] = lengths[0], ntokens[0]
             if self.is_s2s:

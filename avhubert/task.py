@@ -8,6 +8,7 @@ so loading never depends on the original's file paths. No `pdb` hook, no `eval`.
 import logging
 import os
 import sys
+from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -35,14 +36,14 @@ class LabelEncoder:
 
 
 class LabelEncoderS2SToken:
-    """Transcript -> lower case -> sentencepiece pieces -> ids + eos."""
+    """Transcript -> lower case -> sentencepiece pieces -> ids (+ eos for seq2seq, not for CTC)."""
 
-    def __init__(self, dictionary: Dictionary, bpe_tokenizer: Any) -> None:
-        self.dictionary, self.bpe_tokenizer = dictionary, bpe_tokenizer
+    def __init__(self, dictionary: Dictionary, bpe_tokenizer: Any, append_eos: bool = True) -> None:
+        self.dictionary, self.bpe_tokenizer, self.append_eos = dictionary, bpe_tokenizer, append_eos
 
     def __call__(self, label: str) -> torch.Tensor:
         pieces = self.bpe_tokenizer.encode(label.lower())
-        return self.dictionary.encode_line(pieces, append_eos=True, add_if_not_exist=False).long()
+        return self.dictionary.encode_line(pieces, append_eos=self.append_eos, add_if_not_exist=False).long()
 
     def decode(self, tokens: torch.Tensor, symbols_ignore: Optional[set] = None) -> str:
         text = self.dictionary.string(tokens, extra_symbols_to_ignore=symbols_ignore)
@@ -86,6 +87,12 @@ class AVHubertPretrainingConfig(FairseqDataclass):
     fine_tuning: bool = _f(False, "fine-tuning task state (target_dictionary, s2s_tokenizer) instead of dictionaries")
     input_modality: Optional[str] = _f(None, "deprecated and unused (reference #58); accepted so stored configs and YAMLs load")
     noise_seed: int = _f(1337, "seed of the per-utterance noise/crop generators (reproducible evaluation)")
+    eval_wer: bool = _f(False, "fine-tuning: decode the validation set and log WER/CER (use checkpoint.best_checkpoint_metric=wer)")
+    eval_wer_beam: int = _f(1, "beam size of the validation decoding")
+    eval_wer_max_len_a: float = _f(1.0, "validation decoding: max length = a * encoder steps + b")
+    eval_wer_max_len_b: int = _f(0, "validation decoding: max length = a * encoder steps + b")
+    eval_print_samples: int = _f(3, "reference/hypothesis pairs logged per validation (and to TensorBoard)")
+    eval_tensorboard_dir: Optional[str] = _f(None, "TensorBoard dir for validation sample predictions (text)")
 
 
 @register_task("av_hubert_pretraining", dataclass=AVHubertPretrainingConfig)
@@ -97,7 +104,7 @@ class AVHubertPretrainingTask(FairseqTask):
         logger.info("AVHubertPretrainingTask config: %s", cfg)
         if cfg.fine_tuning:
             self.state.add_factory("target_dictionary", self.load_target_dictionary)
-            if cfg.is_s2s:
+            if cfg.is_s2s or cfg.tokenizer_bpe_model:
                 self.state.add_factory("s2s_tokenizer", self.load_tokenizer)
         else:
             self.state.add_factory("dictionaries", self.load_dictionaries)
@@ -163,8 +170,8 @@ class AVHubertPretrainingTask(FairseqTask):
         for p in paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"label file {p} not found (task.label_dir / task.labels)")
-        if cfg.fine_tuning and cfg.is_s2s:
-            procs = [LabelEncoderS2SToken(dictionaries[0], self.s2s_tokenizer)]
+        if cfg.fine_tuning and self.has_tokenizer:
+            procs = [LabelEncoderS2SToken(dictionaries[0], self.s2s_tokenizer, append_eos=cfg.is_s2s)]
         else:
             procs = [LabelEncoder(d) for d in dictionaries]
         noise_fn = os.path.join(cfg.noise_wav, f"{split}.tsv") if cfg.noise_wav else None
@@ -197,6 +204,83 @@ class AVHubertPretrainingTask(FairseqTask):
             noise_num=cfg.noise_num,
             seed=cfg.noise_seed,
         )
+
+    # ------------------------------------------------------------- decoding
+    def build_generator(self, models: List[Any], args: Any, seq_gen_cls: Any = None,
+                        extra_gen_cls_kwargs: Optional[dict] = None, **kwargs: Any) -> Any:
+        """Our own generators (no copied fairseq code): beam search or CTC decoding."""
+        from .beam_search import BeamSearchConfig
+        from .model_asr import AVHubertCtc
+        from .sequence_generator import CTCGenerator, Seq2SeqGenerator
+
+        if isinstance(models[0], AVHubertCtc):
+            return CTCGenerator(self.target_dictionary, beam=getattr(args, "beam", 1))
+        extra = dict(extra_gen_cls_kwargs or {})
+        config = BeamSearchConfig.from_generation_cfg(args, **extra)
+        return Seq2SeqGenerator(self.target_dictionary, config)
+
+    def decode_tokens(self, tokens: torch.Tensor) -> str:
+        """Target ids -> text (eos/pad/bos stripped, sentencepiece detokenised)."""
+        d = self.target_dictionary
+        text = d.string(tokens.int().cpu(), extra_symbols_to_ignore={d.eos(), d.pad(), d.bos()})
+        return self.s2s_tokenizer.decode(text) if self.has_tokenizer else text
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """A sentencepiece tokenizer is in the task state (checkpoint) or can be built (config)."""
+        return "s2s_tokenizer" in self.state._state or "s2s_tokenizer" in self.state._factories
+
+    def valid_step(self, sample: Any, model: Any, criterion: Any):
+        loss, sample_size, log = super().valid_step(sample, model, criterion)
+        if self.cfg.eval_wer and self.cfg.fine_tuning and "target" in sample:
+            from .scoring import ErrorCounts
+
+            counts = ErrorCounts()
+            refs, hyps = self._decode_batch(sample, model)
+            for r, h in zip(refs, hyps):
+                counts.add(r, h)
+            log.update({"_wer_errors": counts.word_errors, "_wer_words": counts.ref_words,
+                        "_cer_errors": counts.char_errors, "_cer_chars": counts.ref_chars})
+            self._log_samples(model, sample, refs, hyps)
+        return loss, sample_size, log
+
+    def _decode_batch(self, sample: Any, model: Any) -> tuple:
+        if getattr(self, "_eval_generator", None) is None:
+            gen = Namespace(beam=self.cfg.eval_wer_beam, max_len_a=self.cfg.eval_wer_max_len_a,
+                            max_len_b=self.cfg.eval_wer_max_len_b, min_len=1, lenpen=1.0, unkpen=0.0,
+                            temperature=1.0, no_repeat_ngram_size=0, unnormalized=False)
+            self._eval_generator = self.build_generator([model], gen)
+        hyps = self._eval_generator.generate([model], sample)
+        d = self.target_dictionary
+        refs = [self.decode_tokens(t[t != d.pad()]) for t in sample["target"]]
+        return refs, [self.decode_tokens(h[0]["tokens"]) for h in hyps]
+
+    def _log_samples(self, model: Any, sample: Any, refs: List[str], hyps: List[str]) -> None:
+        """First validation batch: log a few REF/HYP pairs (and to TensorBoard when configured)."""
+        updates = getattr(model, "num_updates", 0)
+        if self.cfg.eval_print_samples <= 0 or getattr(self, "_samples_logged_at", None) == updates:
+            return
+        self._samples_logged_at = updates
+        lines = [f"{uid}\n  REF: {r}\n  HYP: {h}" for uid, r, h in zip(sample["utt_id"], refs, hyps)][: self.cfg.eval_print_samples]
+        logger.info("validation samples at update %d:\n%s", updates, "\n".join(lines))
+        if self.cfg.eval_tensorboard_dir:
+            from tensorboardX import SummaryWriter
+
+            if getattr(self, "_tb_writer", None) is None:
+                self._tb_writer = SummaryWriter(self.cfg.eval_tensorboard_dir)
+            self._tb_writer.add_text("valid/samples", "\n\n".join(l.replace("\n", "  \n") for l in lines), updates)
+            self._tb_writer.flush()
+
+    def reduce_metrics(self, logging_outputs: List[Any], criterion: Any) -> None:
+        super().reduce_metrics(logging_outputs, criterion)
+        if not logging_outputs or "_wer_words" not in logging_outputs[0]:
+            return
+        from fairseq import metrics
+
+        for key in ("_wer_errors", "_wer_words", "_cer_errors", "_cer_chars"):
+            metrics.log_scalar_sum(key, sum(log.get(key, 0) for log in logging_outputs))
+        metrics.log_derived("wer", lambda m: round(100.0 * m["_wer_errors"].sum / max(m["_wer_words"].sum, 1), 3))
+        metrics.log_derived("cer", lambda m: round(100.0 * m["_cer_errors"].sum / max(m["_cer_chars"].sum, 1), 3))
 
     def max_positions(self) -> tuple:
         return (sys.maxsize, sys.maxsize)
