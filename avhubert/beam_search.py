@@ -1,0 +1,380 @@
+"""Batched beam search for the seq2seq model, with optional joint CTC/attention scoring.
+
+Written for this project (the original used a patched copy of fairseq's `SequenceGenerator`). It
+follows the same search so that results are comparable (tested equal to fairseq 0.12's generator
+on identical weights):
+
+- decoding starts from `bos` (fairseq convention: the eos index); each step takes the top
+  `2 * beam` (hypothesis, token) candidates of the cumulative log-probabilities; an eos among the
+  first `beam` candidates finishes a hypothesis with score `sum / length**lenpen` (length counts
+  the final eos); the first `beam` non-eos candidates continue; an utterance is done once it has
+  `beam` finished hypotheses or reached its maximum length, and leaves the batch;
+- pad is never produced, `unkpen` is subtracted from unk, eos is banned before `min_len`, logits
+  are divided by `temperature`, `no_repeat_ngram_size` bans repeated n-grams.
+
+Differences from the original, on purpose:
+- The maximum length is `int(max_len_a * T_i + max_len_b)` for each utterance, with `T_i` its number
+  of ENCODER TIME STEPS (from the padding mask), capped at `max_target_positions - 1`. The original
+  used the padded batch length, and for audio the feature dimension 104 (spec §5, §11.9). Because
+  every limit is per utterance, padding and batch composition do not change any hypothesis.
+- Joint CTC/attention scoring (`ctc_weight > 0`): the score of a token is
+  `(1 - ctc_weight) * log p_att + ctc_weight * (log psi(prefix + token) - log psi(prefix))` with
+  the CTC prefix probability psi (Watanabe et al. 2017), see `avhubert.modules.ctc.CTCPrefixScorer`.
+"""
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from avhubert.modules.ctc import CTCPrefixScorer, CTCPrefixState
+from avhubert.modules.decoder import unpack_encoder_out
+
+__all__ = ["BeamSearchConfig", "Hypothesis", "IncrementalDecoder", "reorder_encoder_out", "beam_search"]
+
+logger = logging.getLogger(__name__)
+
+NEG_INF = float("-inf")
+EncoderOut = Dict[str, Any]
+
+
+@dataclass
+class BeamSearchConfig:
+    """Search options; defaults are fairseq `GenerationConfig`'s (s2s_decode.yaml sets
+    `max_len_a=1.0, max_len_b=0`)."""
+
+    beam: int = 5
+    max_len_a: float = 0.0
+    max_len_b: int = 200
+    min_len: int = 1
+    lenpen: float = 1.0
+    unkpen: float = 0.0
+    temperature: float = 1.0
+    no_repeat_ngram_size: int = 0
+    normalize_scores: bool = True  # fairseq `not unnormalized`
+    max_target_positions: Optional[int] = None  # None: the decoder's `max_positions()` if it has one
+    ctc_weight: float = 0.0
+    ctc_pre_beam: int = 0  # >0: CTC-score only this many best attention candidates per hypothesis
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field."""
+        if self.beam < 1:
+            raise ValueError(f"beam must be >= 1, got {self.beam}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.no_repeat_ngram_size == 1 or self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be 0 (off) or >= 2, got {self.no_repeat_ngram_size}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.ctc_pre_beam < 0:
+            raise ValueError(f"ctc_pre_beam must be >= 0, got {self.ctc_pre_beam}")
+
+    @classmethod
+    def from_generation_cfg(cls, gen: Any, **overrides: Any) -> "BeamSearchConfig":
+        """From a fairseq `GenerationConfig` (attribute access); `overrides` win."""
+        opts = dict(
+            beam=gen.beam,
+            max_len_a=gen.max_len_a,
+            max_len_b=gen.max_len_b,
+            min_len=gen.min_len,
+            lenpen=gen.lenpen,
+            unkpen=gen.unkpen,
+            temperature=gen.temperature,
+            no_repeat_ngram_size=gen.no_repeat_ngram_size,
+            normalize_scores=not gen.unnormalized,
+        )
+        opts.update(overrides)
+        return cls(**opts)
+
+
+@dataclass
+class Hypothesis:
+    """A finished hypothesis: `tokens [L]` (ends with eos, no bos), `score` (length-normalised
+    unless `normalize_scores=False`), `positional_scores [L]` (per-token log-probabilities, joint
+    scores when CTC is used)."""
+
+    tokens: Tensor
+    score: float
+    positional_scores: Tensor
+
+
+class IncrementalDecoder(Protocol):
+    """What the search needs from a decoder (`avhubert.modules.decoder.TransformerDecoder`)."""
+
+    def __call__(
+        self, prev_output_tokens: Tensor, encoder_out: Any, incremental_state: Dict[str, Tensor]
+    ) -> Tuple[Tensor, Any]:
+        """`[N, U]` prefix -> (`[N, U or 1, V]` logits, extra); only the last position is used."""
+
+    def reorder_incremental_state(self, incremental_state: Dict[str, Tensor], new_order: Tensor) -> Any:
+        """Keep cache rows `new_order` (may also accept `reorder_encoder_cache: bool`)."""
+
+
+def reorder_encoder_out(encoder_out: Mapping[str, Any], new_order: Tensor) -> EncoderOut:
+    """Select utterances `new_order` of an encoder output dict: `[T, B, C]` tensors on dim 1,
+    `[B, T]` masks on dim 0 (also inside one-element lists, modern fairseq style)."""
+    out: EncoderOut = {}
+    for key, value in encoder_out.items():
+        wrapped = isinstance(value, list)
+        items = value if wrapped else [value]
+        new_items = []
+        for item in items:
+            if isinstance(item, Tensor) and key == "encoder_out":
+                item = item.index_select(1, new_order)
+            elif isinstance(item, Tensor) and item.dim() >= 1:
+                item = item.index_select(0, new_order)
+            new_items.append(item)
+        out[key] = new_items if wrapped else new_items[0]
+    return out
+
+
+def _encoder_lengths(encoder_out: Mapping[str, Any]) -> Tuple[int, Tensor]:
+    enc, mask = unpack_encoder_out(encoder_out)
+    if enc is None:
+        raise ValueError("encoder_out['encoder_out'] is required")
+    bsz, t_max = enc.size(1), enc.size(0)
+    if mask is None:
+        return bsz, torch.full((bsz,), t_max, dtype=torch.long)
+    return bsz, (~mask).sum(dim=1).long().cpu()
+
+
+def _ban_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> None:
+    """Set -inf for every token that would repeat an n-gram of `tokens [N, L]` (in place)."""
+    if tokens.size(1) < n:
+        return
+    windows = tokens.unfold(1, n, 1)  # [N, L - n + 1, n]: all n-grams so far
+    current = tokens[:, tokens.size(1) - n + 1 :]  # [N, n - 1]: the n-gram being completed
+    match = (windows[:, :, :-1] == current[:, None, :]).all(dim=2)
+    rows, cols = match.nonzero(as_tuple=True)
+    lprobs[rows, windows[rows, cols, -1]] = NEG_INF
+
+
+@torch.no_grad()
+def beam_search(
+    decoder: IncrementalDecoder,
+    encoder_out: Mapping[str, Any],
+    *,
+    eos: int,
+    pad: int,
+    unk: int,
+    config: Optional[BeamSearchConfig] = None,
+    bos: Optional[int] = None,
+    encoder_reorder: Callable[[Mapping[str, Any], Tensor], Mapping[str, Any]] = reorder_encoder_out,
+    src_lengths: Optional[Tensor] = None,
+    ctc_log_probs: Optional[Tensor] = None,
+    ctc_blank: int = 0,
+) -> List[List[Hypothesis]]:
+    """Beam search over a batch of encoder outputs.
+
+    Args:
+        decoder: incremental decoder (called as `decoder(tokens, encoder_out, incremental_state)`).
+        encoder_out: dict with `encoder_out [T, B, C]` and optional `encoder_padding_mask` /
+            `padding_mask [B, T]` (True = pad); other entries are reordered with it.
+        eos, pad, unk: target dictionary indices; `bos` defaults to eos (fairseq convention).
+        encoder_reorder: `(encoder_out, new_order) -> encoder_out` selecting utterance rows.
+        src_lengths: `[B]` encoder time steps per utterance (default: from the padding mask).
+        ctc_log_probs: `[B, T, V]` CTC log-probabilities (same dictionary) for joint scoring when
+            `config.ctc_weight > 0`; `ctc_blank` is their blank index.
+
+    Returns:
+        for each utterance, `beam` hypotheses sorted by score (best first).
+    """
+    cfg = config or BeamSearchConfig()
+    cfg.validate()
+    bos = eos if bos is None else bos
+    bsz, lengths = _encoder_lengths(encoder_out)
+    if src_lengths is not None:
+        lengths = src_lengths.long().cpu()
+    if bsz == 0:
+        return []
+    beam = cfg.beam
+    cap = cfg.max_target_positions
+    if cap is None and hasattr(decoder, "max_positions"):
+        cap = int(decoder.max_positions())
+    max_len = (cfg.max_len_a * lengths.double() + cfg.max_len_b).long()  # int() truncation, as fairseq
+    if cap is not None:
+        max_len = max_len.clamp(max=cap - 1)
+    max_len = max_len.clamp(min=0).tolist()
+
+    enc, _ = unpack_encoder_out(encoder_out)
+    device = enc.device
+    use_ctc = cfg.ctc_weight > 0
+    scorer: Optional[CTCPrefixScorer] = None
+    if use_ctc:
+        if ctc_log_probs is None:
+            raise ValueError("ctc_weight > 0 needs ctc_log_probs [B, T, V]")
+        scorer = CTCPrefixScorer(ctc_log_probs, lengths.to(ctc_log_probs.device), ctc_blank, eos)
+    reorder_kw = "reorder_encoder_cache" in inspect.signature(decoder.reorder_incremental_state).parameters
+
+    active = torch.arange(bsz)  # original indices of the utterances still searched
+    rows = active.repeat_interleave(beam).to(device)
+    encoder_out = encoder_reorder(encoder_out, rows)
+    state: Dict[str, Tensor] = {}
+    tokens = torch.full((bsz * beam, 1), bos, dtype=torch.long, device=device)
+    scores = torch.zeros(bsz * beam, device=device)
+    pos_scores = torch.zeros(bsz * beam, 0, device=device)
+    ctc_state: Optional[CTCPrefixState] = scorer.initial_state(rows.to(scorer.x.device)) if scorer else None
+    finalized: List[List[Hypothesis]] = [[] for _ in range(bsz)]
+
+    step = 0
+    while active.numel() > 0:
+        n = active.numel()
+        logits, _ = decoder(tokens, encoder_out, state)
+        lprobs = F.log_softmax(logits[:, -1, :].float() / cfg.temperature, dim=-1)  # [n * beam, V]
+        vocab = lprobs.size(1)
+        lprobs = _constrain(lprobs, tokens, step, active, max_len, beam, eos, pad, unk, cfg)
+        ctc_cand = ctc_psi = ctc_r = None
+        if scorer is not None and ctc_state is not None:
+            lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active, beam, cfg)
+
+        # candidates: [n, beam * V] cumulative scores; at step 0 all beams are equal, use the first
+        cand = (scores[:, None] + lprobs).view(n, beam * vocab)
+        token_lp_all = lprobs.view(n, beam * vocab)
+        if step == 0:
+            cand, token_lp_all = cand[:, :vocab], token_lp_all[:, :vocab]
+        k = 2 * beam  # 2x so that `beam` non-eos candidates always remain
+        if cand.size(1) < k:  # tiny vocabularies: pad with impossible candidates
+            filler = cand.new_full((n, k - cand.size(1)), NEG_INF)
+            cand, token_lp_all = torch.cat([cand, filler], 1), torch.cat([token_lp_all, filler], 1)
+        top_scores, top_idx = cand.topk(k, dim=1)  # [n, k]
+        token_lp = token_lp_all.gather(1, top_idx)
+        cand_tok = top_idx % vocab
+        cand_beam = (top_idx // vocab).clamp(max=beam - 1)
+        cand_row = torch.arange(n, device=device)[:, None] * beam + cand_beam  # current batch rows
+
+        # finish: eos among the first `beam` candidates
+        is_eos = cand_tok == eos
+        _finish(finalized, active, step, max_len, beam, eos, cfg, tokens, scores, pos_scores,
+                is_eos, top_scores, token_lp, cand_row)
+        done = torch.tensor([len(finalized[int(a)]) >= beam or step >= max_len[int(a)] for a in active])
+        keep = (~done).to(device)
+        if not bool(keep.any()):
+            break
+
+        # continue: the first `beam` non-eos candidates of each remaining utterance
+        rank = torch.arange(k, device=device)[None, :] + k * is_eos.long()
+        chosen = rank.topk(beam, dim=1, largest=False).indices  # [n, beam], best first
+        sel_row = cand_row.gather(1, chosen)[keep].reshape(-1)
+        sel_tok = cand_tok.gather(1, chosen)[keep].reshape(-1)
+        scores = top_scores.gather(1, chosen)[keep].reshape(-1)
+        sel_lp = token_lp.gather(1, chosen)[keep].reshape(-1)
+        tokens = torch.cat([tokens[sel_row], sel_tok[:, None]], dim=1)
+        pos_scores = torch.cat([pos_scores[sel_row], sel_lp[:, None]], dim=1)
+
+        shrink = bool(done.any())
+        if reorder_kw:
+            decoder.reorder_incremental_state(state, sel_row, reorder_encoder_cache=shrink)
+        else:
+            decoder.reorder_incremental_state(state, sel_row)
+        if shrink:  # rows of one utterance share the encoder output: only removals need a reorder
+            encoder_out = encoder_reorder(encoder_out, sel_row)
+        if ctc_state is not None and ctc_cand is not None and ctc_psi is not None and ctc_r is not None:
+            col = (ctc_cand[sel_row] == sel_tok[:, None]).long().argmax(dim=1)
+            ctc_state = CTCPrefixScorer.advance(ctc_r, ctc_psi, ctc_cand, sel_row, col, ctc_state.length)
+        active = active[~done]
+        step += 1
+
+    for hyps in finalized:
+        hyps.sort(key=lambda h: h.score, reverse=True)
+    return finalized
+
+
+def _finish(
+    finalized: List[List[Hypothesis]],
+    active: Tensor,
+    step: int,
+    max_len: List[int],
+    beam: int,
+    eos: int,
+    cfg: BeamSearchConfig,
+    tokens: Tensor,
+    scores: Tensor,
+    pos_scores: Tensor,
+    is_eos: Tensor,
+    top_scores: Tensor,
+    token_lp: Tensor,
+    cand_row: Tensor,
+) -> None:
+    """Store hypotheses ending at this step: finite eos candidates among each utterance's first
+    `beam` (`[n, k]` candidate tensors, best first), until an utterance has `beam` of them."""
+
+    def hypothesis(row: int, score: float, last_lp: Tensor) -> Hypothesis:
+        return Hypothesis(
+            tokens=torch.cat([tokens[row, 1:], tokens.new_tensor([eos])]).cpu(),
+            score=score,
+            positional_scores=torch.cat([pos_scores[row], last_lp.reshape(1)]).cpu(),
+        )
+
+    finish = is_eos[:, :beam] & torch.isfinite(top_scores[:, :beam])
+    for s, j in finish.nonzero().tolist():
+        sent = int(active[s])
+        if len(finalized[sent]) < beam:
+            score = float(top_scores[s, j])
+            if cfg.normalize_scores:
+                score /= (step + 1) ** cfg.lenpen
+            finalized[sent].append(hypothesis(int(cand_row[s, j]), score, token_lp[s, j]))
+    for s, sent in enumerate(active.tolist()):
+        if step >= max_len[sent] and not finalized[sent]:
+            # nothing could end (joint CTC can rule out every ending): keep the best prefix,
+            # marked impossible (score -inf), rather than return no hypothesis at all
+            logger.warning("utterance %d: no hypothesis could end within %d tokens", sent, max_len[sent])
+            row = s * beam + int(scores[s * beam : (s + 1) * beam].argmax())
+            finalized[sent].append(hypothesis(row, NEG_INF, pos_scores.new_tensor(NEG_INF)))
+
+
+def _constrain(
+    lprobs: Tensor,
+    tokens: Tensor,
+    step: int,
+    active: Tensor,
+    max_len: List[int],
+    beam: int,
+    eos: int,
+    pad: int,
+    unk: int,
+    cfg: BeamSearchConfig,
+) -> Tensor:
+    """Apply pad/unk/length/n-gram rules to `lprobs [N, V]` (fairseq order)."""
+    lprobs = lprobs.masked_fill(torch.isnan(lprobs), NEG_INF)
+    lprobs[:, pad] = NEG_INF
+    lprobs[:, unk] -= cfg.unkpen
+    row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
+    at_max = step >= row_max  # force eos
+    if bool(at_max.any()):
+        eos_col = lprobs[:, eos].clone()
+        lprobs[at_max] = NEG_INF
+        lprobs[:, eos] = eos_col
+    if step < cfg.min_len:
+        lprobs[~at_max, eos] = NEG_INF
+    if cfg.no_repeat_ngram_size > 0:
+        _ban_repeated_ngrams(tokens, lprobs, cfg.no_repeat_ngram_size)
+    return lprobs
+
+
+def _joint_ctc(
+    lprobs: Tensor, scorer: CTCPrefixScorer, state: CTCPrefixState, active: Tensor, beam: int, cfg: BeamSearchConfig
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Joint scores `[N, V]` (-inf outside the CTC-scored candidates) and what `advance` needs."""
+    n_rows, vocab = lprobs.shape
+    if scorer.vocab != vocab:
+        raise ValueError(f"CTC vocabulary {scorer.vocab} differs from the decoder's {vocab}")
+    ctc_device = scorer.x.device
+    att = lprobs.to(ctc_device)
+    if 0 < cfg.ctc_pre_beam < vocab:
+        # the best attention candidates, plus eos so that every hypothesis can always end
+        top = att.topk(cfg.ctc_pre_beam, dim=1).indices
+        cand = torch.cat([top, top.new_full((n_rows, 1), scorer.eos)], dim=1)
+    else:
+        cand = torch.arange(vocab, device=ctc_device).expand(n_rows, vocab)
+    utt = active.to(ctc_device).repeat_interleave(beam)
+    psi, r = scorer.score(state, utt, cand)
+    delta = psi - state.psi[:, None]
+    att_c = att.gather(1, cand)
+    joint_c = (1.0 - cfg.ctc_weight) * att_c + cfg.ctc_weight * delta
+    joint_c = joint_c.masked_fill(torch.isnan(joint_c) | (att_c == NEG_INF), NEG_INF)
+    joint = torch.full_like(att, NEG_INF).scatter_(1, cand, joint_c)
+    return joint.to(lprobs.device), cand, psi, r
