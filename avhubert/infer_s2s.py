@@ -73,9 +73,15 @@ def generation_fid(cfg: Any) -> int:
 
 
 def _setup_logging(results_path: Path) -> logging.Handler:
+    """`decode.log` gets this package's INFO records (REF/HYP per utterance, WER)."""
     handler = logging.FileHandler(results_path / "decode.log", mode="a")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
-    logging.getLogger().addHandler(handler)
+    pkg = logging.getLogger("avhubert")
+    pkg.addHandler(handler)
+    handler.previous_level = pkg.level  # type: ignore[attr-defined]
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
     return handler
 
 
@@ -173,7 +179,9 @@ def decode(cfg: Any) -> Dict[str, Any]:
         fid = generation_fid(cfg)
         return write_outputs(results, fid, rows, cfg, world, rank)
     finally:
-        logging.getLogger().removeHandler(handler)
+        pkg = logging.getLogger("avhubert")
+        pkg.removeHandler(handler)
+        pkg.setLevel(handler.previous_level)  # type: ignore[attr-defined]
         handler.close()
 
 

@@ -205,6 +205,19 @@ class AVHubertPretrainingTask(FairseqTask):
             seed=cfg.noise_seed,
         )
 
+    def build_model(self, cfg: Any, from_checkpoint: bool = False) -> Any:
+        """Build, then copy the pre-training config the fine-tuning model stored (`w2v_args`)
+        back into the caller's config, which is what checkpoints save: fairseq builds models from
+        a merged copy, so without this fine-tuned checkpoints would need `w2v_path` to reload."""
+        model = super().build_model(cfg, from_checkpoint)
+        w2v_args = getattr(getattr(model, "cfg", None), "w2v_args", None)
+        if w2v_args is not None and "w2v_args" in cfg and cfg.w2v_args is None:
+            from omegaconf import open_dict
+
+            with open_dict(cfg):
+                cfg.w2v_args = w2v_args
+        return model
+
     # ------------------------------------------------------------- decoding
     def build_generator(self, models: List[Any], args: Any, seq_gen_cls: Any = None,
                         extra_gen_cls_kwargs: Optional[dict] = None, **kwargs: Any) -> Any:

@@ -23,7 +23,7 @@ class LabelIndex:
         ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1
         if len(data) and (not len(ends) or ends[-1] != len(data)):
             ends = np.append(ends, len(data))  # last line without newline
-        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
         self.starts, self.ends = starts, ends.astype(np.int64)
         self._mm: Optional[mmap.mmap] = None
         self._file = None
