@@ -1,0 +1,134 @@
+"""Label every frame of one feature shard with its nearest k-means centroid.
+
+Reads `{feat_dir}/{split}_{rank}_{nshard}.npy/.len` and a model `km_path` (a joblib object with
+`cluster_centers_`: our fast backend's `CentroidModel` or a scikit-learn model as the original's
+`learn_kmeans.py` saves; or a bare `[K, D]` `.npy`), writes `{lab_dir}/{split}_{rank}_{nshard}.km`:
+one line per utterance, its frame labels separated by spaces. Example:
+
+    python -m clustering.dump_km_label feats/mfcc train km/mfcc.km 10 0 labels/
+
+Reference parity: nearest centroid by squared Euclidean distance as the original (fairseq
+`simple_kmeans/dump_km_label.py`); here computed with chunked torch matmuls on CPU or CUDA, streamed
+over the memory-mapped shard. Resumable: a finished shard (marker `.km.{split}_{rank}_{nshard}.done`)
+is skipped; the output is written through a temp file.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import joblib
+import numpy as np
+from tqdm import tqdm
+
+from clustering.kmeans import nearest_centroid
+from clustering.shards import done_marker, is_done, load_feature_shard, mark_done, shard_name
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_centroids", "dump_km_label", "build_parser", "main"]
+
+# Frames labelled per step (bounds memory: features are read from the mmap step by step).
+FRAMES_PER_STEP = 1 << 20
+
+
+def load_centroids(km_path: str | os.PathLike) -> np.ndarray:
+    """float32 `[K, D]` centroids from a `.npy` array or a joblib model / array / dict."""
+    km_path = str(km_path)
+    if not os.path.isfile(km_path):
+        raise FileNotFoundError(f"k-means model not found: {km_path}")
+    if km_path.endswith(".npy"):
+        centers = np.load(km_path)
+    else:
+        obj = joblib.load(km_path)
+        if isinstance(obj, np.ndarray):
+            centers = obj
+        elif isinstance(obj, dict) and "cluster_centers_" in obj:
+            centers = obj["cluster_centers_"]
+        elif hasattr(obj, "cluster_centers_"):
+            centers = obj.cluster_centers_
+        else:
+            raise ValueError(f"{km_path}: {type(obj).__name__} has no cluster_centers_")
+    centers = np.asarray(centers, dtype=np.float32)
+    if centers.ndim != 2:
+        raise ValueError(f"{km_path}: centroids must be [K, D], got shape {centers.shape}")
+    return centers
+
+
+def dump_km_label(
+    feat_dir: str,
+    split: str,
+    km_path: str,
+    nshard: int,
+    rank: int,
+    lab_dir: str,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> bool:
+    """Write `{lab_dir}/{split}_{rank}_{nshard}.km`; returns False when skipped as done."""
+    lab_dir_p = Path(lab_dir)
+    lab_dir_p.mkdir(parents=True, exist_ok=True)
+    out = lab_dir_p / f"{shard_name(split, rank, nshard)}.km"
+    marker = done_marker(lab_dir_p, "km", split, rank, nshard)
+    if not overwrite and is_done(marker, [out]):
+        logger.info("skip %s: already done (%s)", out.name, marker.name)
+        return False
+    marker.unlink(missing_ok=True)
+    centers = load_centroids(km_path)
+    feats, lens = load_feature_shard(feat_dir, split, rank, nshard)
+    if feats.shape[0] and feats.shape[1] != centers.shape[1]:
+        raise ValueError(f"features of dim {feats.shape[1]} but {km_path} has centroids of dim {centers.shape[1]}")
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    tmp = out.with_name(out.name + ".tmp")
+    bar = tqdm(total=len(lens), desc=f"label {split} shard {rank}/{nshard}", disable=not progress or not sys.stderr.isatty())
+    with open(tmp, "w", encoding="ascii") as f:
+        first = 0
+        while first < len(lens):  # groups of whole utterances of about FRAMES_PER_STEP frames
+            last = max(first + 1, int(np.searchsorted(offsets, offsets[first] + FRAMES_PER_STEP, side="right")) - 1)
+            last = min(last, len(lens))
+            labels = nearest_centroid(feats[offsets[first] : offsets[last]], centers, device=device)
+            base = offsets[first]
+            for i in range(first, last):
+                f.write(" ".join(map(str, labels[offsets[i] - base : offsets[i + 1] - base].tolist())) + "\n")
+            bar.update(last - first)
+            first = last
+    bar.close()
+    os.replace(tmp, out)
+    mark_done(marker)
+    logger.info("wrote %s: %d utterances, %d frames", out, len(lens), int(offsets[-1]))
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("feat_dir")
+    p.add_argument("split")
+    p.add_argument("km_path")
+    p.add_argument("nshard", type=int)
+    p.add_argument("rank", type=int)
+    p.add_argument("lab_dir")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logger.info("args: %s", vars(args))
+    dump_km_label(
+        args.feat_dir, args.split, args.km_path, args.nshard, args.rank, args.lab_dir,
+        args.device, args.overwrite, not args.no_progress,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from preparation.common import setup_logging
+
+    setup_logging()
+    raise SystemExit(main())

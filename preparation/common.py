@@ -1,0 +1,406 @@
+"""Shared helpers for every preparation step: sharding, atomic writes, done markers, ffmpeg,
+failure logs, the per-item worker loop and the common CLI flags.
+
+Conventions (STYLE.md 7.6):
+
+- Inputs come from a sorted id list; shard `rank` of `nshard` is the contiguous block
+  `[rank * n, (rank + 1) * n)` with `n = ceil(total / nshard)` (reference spec section 6).
+- Outputs are written to `<out>.tmp` and renamed (`atomic_write`).
+- A shard that finished with zero failures touches `.{step}.{rank}_{nshard}.done`.
+- Per-item failures go to `failures.{step}.{rank}_{nshard}.tsv` (`id<TAB>error`) and make the
+  CLI exit non-zero.
+- ffmpeg is always called with an argument list and a checked return code (`run_ffmpeg`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import subprocess
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "VIDEO_FPS",
+    "AUDIO_SAMPLE_RATE_HZ",
+    "FFmpegError",
+    "shard_range",
+    "shard_items",
+    "atomic_write",
+    "done_marker",
+    "is_done",
+    "mark_done",
+    "find_ffmpeg",
+    "run_ffmpeg",
+    "FailureLog",
+    "StepResult",
+    "run_items",
+    "finish_shard",
+    "add_common_args",
+    "add_alias",
+    "HelpFormatter",
+    "read_list",
+    "write_lines",
+    "setup_logging",
+    "set_verbosity",
+    "maybe_submit_slurm",
+]
+
+VIDEO_FPS = 25
+AUDIO_SAMPLE_RATE_HZ = 16_000
+FFMPEG_STDERR_TAIL_LINES = 15
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg returned non-zero; the message holds the command and the last stderr lines."""
+
+
+# --------------------------------------------------------------------------------------------
+# sharding
+# --------------------------------------------------------------------------------------------
+
+
+def shard_range(total: int, nshard: int, rank: int) -> Tuple[int, int]:
+    """Return `(start, end)` of shard `rank` of `nshard` over `total` items.
+
+    Reference parity: `num_per_shard = ceil(total / nshard)`, shard `rank` takes
+    `[rank * n, (rank + 1) * n)` clipped to `total`; trailing shards may be empty.
+    """
+    if nshard < 1:
+        raise ValueError(f"nshard must be >= 1, got {nshard}")
+    if not 0 <= rank < nshard:
+        raise ValueError(f"rank must be in [0, {nshard}), got {rank}")
+    per_shard = math.ceil(total / nshard) if total else 0
+    start = min(rank * per_shard, total)
+    end = min((rank + 1) * per_shard, total)
+    logger.info("rank %d/%d: %d items (%d-%d) of %d", rank, nshard, end - start, start, end, total)
+    return start, end
+
+
+def shard_items(items: Sequence, nshard: int, rank: int) -> list:
+    """The items of shard `rank` (see `shard_range`)."""
+    start, end = shard_range(len(items), nshard, rank)
+    return list(items[start:end])
+
+
+# --------------------------------------------------------------------------------------------
+# atomic outputs and done markers
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the extension (`clip.tmp.mp4`) so tools that pick a format from
+    the file name (ffmpeg, OpenCV, numpy) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic_write: the block did not write {tmp}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write text lines (newline-terminated) atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(f"{line}\n")
+
+
+def read_list(path: str | os.PathLike) -> List[str]:
+    """Read a list file: one entry per line, blank lines dropped, order kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def done_marker(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> Path:
+    """Path of the `.{step}.{rank}_{nshard}.done` marker."""
+    return Path(out_dir) / f".{step}.{rank}_{nshard}.done"
+
+
+def is_done(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> bool:
+    return done_marker(out_dir, step, rank, nshard).exists()
+
+
+def mark_done(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> Path:
+    marker = done_marker(out_dir, step, rank, nshard)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return marker
+
+
+# --------------------------------------------------------------------------------------------
+# ffmpeg
+# --------------------------------------------------------------------------------------------
+
+
+def find_ffmpeg(ffmpeg: Optional[str] = None) -> str:
+    """Resolve the ffmpeg executable (`ffmpeg` flag, else `$PATH`), with an install hint."""
+    candidate = ffmpeg or "ffmpeg"
+    resolved = shutil.which(candidate)
+    if resolved is None:
+        raise FileNotFoundError(
+            f"ffmpeg not found ({candidate!r}); install it (Debian: `apt-get install ffmpeg`) "
+            "or pass its path with --ffmpeg"
+        )
+    return resolved
+
+
+def run_ffmpeg(args: Sequence[str], ffmpeg: Optional[str] = None, input_bytes: Optional[bytes] = None) -> bytes:
+    """Run `ffmpeg -nostdin -hide_banner -loglevel error -y <args>`; return its stdout.
+
+    Raises `FFmpegError` with the last stderr lines when the return code is non-zero.
+    """
+    cmd = [find_ffmpeg(ffmpeg), "-hide_banner", "-loglevel", "error", "-y"]
+    if input_bytes is None:
+        cmd.insert(1, "-nostdin")
+    cmd += [str(a) for a in args]
+    proc = subprocess.run(cmd, input=input_bytes, capture_output=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-FFMPEG_STDERR_TAIL_LINES:])
+        raise FFmpegError(f"ffmpeg failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# per-item loop with failures log
+# --------------------------------------------------------------------------------------------
+
+
+class FailureLog:
+    """Collects `(item_id, error)` pairs and writes them as `id<TAB>error` lines."""
+
+    def __init__(self) -> None:
+        self.entries: List[Tuple[str, str]] = []
+
+    def add(self, item_id: str, error: str) -> None:
+        one_line = " | ".join(str(error).strip().splitlines()) or "unknown error"
+        self.entries.append((item_id, one_line))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write the log; removes a stale log when there are no failures."""
+        path = Path(path)
+        if not self.entries:
+            if path.exists():
+                path.unlink()
+            return
+        write_lines(path, (f"{i}\t{e}" for i, e in self.entries))
+
+
+@dataclass
+class StepResult:
+    """Outcome of one shard of one step."""
+
+    processed: int = 0
+    skipped: int = 0
+    failures: FailureLog = field(default_factory=FailureLog)
+
+    @property
+    def ok(self) -> bool:
+        return len(self.failures) == 0
+
+
+def _call(worker: Callable[[str], object], item: str) -> Tuple[str, Optional[str], object]:
+    try:
+        return item, None, worker(item)
+    except Exception as exc:  # noqa: BLE001 - each item's failure is recorded, never swallowed
+        return item, f"{type(exc).__name__}: {exc}", None
+
+
+def run_items(
+    items: Sequence[str],
+    worker: Callable[[str], object],
+    is_finished: Optional[Callable[[str], bool]] = None,
+    num_workers: int = 1,
+    desc: str = "items",
+    progress: bool = True,
+) -> Tuple[StepResult, dict]:
+    """Run `worker(item)` on each item not already finished; collect failures.
+
+    `worker` must be picklable (a module-level function or `functools.partial`) when
+    `num_workers > 1`, which uses a local process pool. Returns `(result, outputs)` where
+    `outputs[item]` is the worker's return value for the items processed now.
+    """
+    from tqdm import tqdm
+
+    result = StepResult()
+    todo = []
+    for item in items:
+        if is_finished is not None and is_finished(item):
+            result.skipped += 1
+        else:
+            todo.append(item)
+    if result.skipped:
+        logger.info("%s: %d already finished, %d to do", desc, result.skipped, len(todo))
+    outputs: dict = {}
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="item")
+    if num_workers > 1 and len(todo) > 1:
+        # "spawn": forking a process that holds OpenCV/dlib threads can deadlock the children.
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_call, worker, item) for item in todo]
+            for fut in futures:
+                _record(fut.result(), result, outputs)
+                bar.update(1)
+    else:
+        for item in todo:
+            _record(_call(worker, item), result, outputs)
+            bar.update(1)
+    bar.close()
+    return result, outputs
+
+
+def _record(res: Tuple[str, Optional[str], object], result: StepResult, outputs: dict) -> None:
+    item, error, value = res
+    if error is None:
+        result.processed += 1
+        outputs[item] = value
+    else:
+        logger.error("%s: %s", item, error)
+        result.failures.add(item, error)
+
+
+def finish_shard(result: StepResult, out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> int:
+    """Write the failures file, touch the done marker on success; return the exit code."""
+    out_dir = Path(out_dir)
+    failures_path = out_dir / f"failures.{step}.{rank}_{nshard}.tsv"
+    result.failures.write(failures_path)
+    logger.info(
+        "%s shard %d/%d: %d processed, %d skipped, %d failed",
+        step,
+        rank,
+        nshard,
+        result.processed,
+        result.skipped,
+        len(result.failures),
+    )
+    if result.ok:
+        mark_done(out_dir, step, rank, nshard)
+        return 0
+    logger.error("%d failures listed in %s", len(result.failures), failures_path)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# CLI helpers
+# --------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and shows every default."""
+
+
+def add_alias(parser: argparse.ArgumentParser, *names: str, **kwargs) -> argparse.Action:
+    """`add_argument` whose first name is the kebab-case primary flag; the rest are aliases
+    kept for the original scripts' spelling (e.g. `--landmark-dir` with `--landmark`).
+    Aliases are listed in the help text."""
+    if len(names) > 1:
+        extra = ", ".join(names[1:])
+        kwargs["help"] = f"{kwargs.get('help', '')} (alias: {extra})".strip()
+    return parser.add_argument(*names, **kwargs)
+
+
+def add_common_args(parser: argparse.ArgumentParser, sharded: bool = True) -> None:
+    """Flags shared by every step: sharding, workers, overwrite, progress, verbosity, Slurm."""
+    if sharded:
+        parser.add_argument("--nshard", type=int, default=1, help="number of shards")
+        parser.add_argument("--rank", type=int, default=0, help="0-based shard index")
+        parser.add_argument("--num-workers", type=int, default=1, help="local worker processes per shard")
+        parser.add_argument(
+            "--slurm-partition",
+            "--slurm_partition",
+            default=None,
+            help="submit all --nshard shards as a Slurm array on this partition (needs submitit)",
+        )
+        parser.add_argument("--slurm-time-min", type=int, default=240, help="Slurm time limit per shard")
+        parser.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per Slurm task")
+        parser.add_argument("--slurm-log-dir", default="slurm_logs", help="submitit log folder")
+    parser.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def setup_logging() -> None:
+    """Configure the root logger at INFO; call from `__main__` only."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def set_verbosity(verbose: bool) -> None:
+    """`--verbose`: debug messages from the preparation package."""
+    if verbose:
+        logging.getLogger("preparation").setLevel(logging.DEBUG)
+
+
+def _run_shard(main: Callable[[List[str]], int], argv: List[str], rank: int, nshard: int) -> int:
+    return main(list(argv) + ["--rank", str(rank), "--nshard", str(nshard)])
+
+
+def maybe_submit_slurm(
+    args: argparse.Namespace, main: Callable[[List[str]], int], argv: Optional[Sequence[str]], job_name: str
+) -> Optional[int]:
+    """If `--slurm-partition` was given, submit one Slurm array task per shard and return 0.
+
+    Returns `None` when no partition was given (run locally). `submitit` is imported only here.
+    The submitted tasks call `main(argv + ['--rank', r, '--nshard', N])` without the Slurm flag.
+    """
+    if not getattr(args, "slurm_partition", None):
+        return None
+    try:
+        import submitit
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("--slurm-partition needs submitit: `pip install submitit`") from exc
+    argv = _strip_flags(list(argv or []), {"--slurm-partition", "--slurm_partition", "--rank", "--nshard"})
+    executor = submitit.AutoExecutor(folder=args.slurm_log_dir)
+    executor.update_parameters(
+        slurm_partition=args.slurm_partition,
+        timeout_min=args.slurm_time_min,
+        cpus_per_task=args.slurm_cpus,
+        name=job_name,
+        slurm_array_parallelism=args.nshard,
+    )
+    jobs = executor.map_array(
+        _run_shard, [main] * args.nshard, [argv] * args.nshard, list(range(args.nshard)), [args.nshard] * args.nshard
+    )
+    logger.info("submitted %d Slurm tasks: %s", len(jobs), ", ".join(j.job_id for j in jobs))
+    return 0
+
+
+def _strip_flags(argv: List[str], flags: set) -> List[str]:
+    """Remove `--flag value` and `--flag=value` occurrences of `flags` from `argv`."""
+    out: List[str] = []
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in tok
+            continue
+        out.append(tok)
+    return out
