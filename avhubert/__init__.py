@@ -1,13 +1,13 @@
 """AV-HuBERT as a fairseq user-dir plugin: `common.user_dir=<repo>/avhubert`.
 
 Importing registers task `av_hubert_pretraining`, models `av_hubert`, `av_hubert_seq2seq`,
-`av_hubert_ctc` and criterion `av_hubert`
+`av_hubert_ctc` and criteria `av_hubert`, `av_hubert_seq2seq_ctc`
 (idempotently: importing twice, or under another module path, does not raise) and admits the
 fairseq classes pickled in original checkpoints to torch's weights-only loader.
 """
 
-from . import checkpoint, criterion, model, model_asr, task  # noqa: F401  (registration imports)
+from . import checkpoint, criterion, criterion_s2s, model, model_asr, task  # noqa: F401  (registration imports)
 
 checkpoint.register_safe_globals()
 
-__all__ = ["checkpoint", "criterion", "model", "model_asr", "task"]
+__all__ = ["checkpoint", "criterion", "criterion_s2s", "model", "model_asr", "task"]

@@ -51,6 +51,7 @@ class OverrideConfig:
     modalities: List[str] = field(default_factory=lambda: [""], metadata={"help": "audio, video or both"})
     data: Optional[str] = field(default=None, metadata={"help": "test manifest directory"})
     label_dir: Optional[str] = field(default=None, metadata={"help": "test label directory"})
+    ctc_weight: float = field(default=0.0, metadata={"help": "NEW: joint CTC/attention weight (models with a CTC head)"})
 
 
 @dataclass
@@ -156,7 +157,8 @@ def decode(cfg: Any) -> Dict[str, Any]:
             required_batch_size_multiple=1, seed=cfg.common.seed, num_shards=world, shard_id=rank,
             num_workers=cfg.dataset.num_workers,
         ).next_epoch_itr(shuffle=False)
-        generator = task.build_generator([model], cfg.generation)
+        extra = {"ctc_weight": cfg.override.ctc_weight} if cfg.override.ctc_weight > 0 else None
+        generator = task.build_generator([model], cfg.generation, extra_gen_cls_kwargs=extra)
         rows: List[Dict[str, Any]] = []
         start = time.perf_counter()
         for sample in itr:

@@ -175,6 +175,9 @@ class AVHubertPretrainingTask(FairseqTask):
         else:
             procs = [LabelEncoder(d) for d in dictionaries]
         noise_fn = os.path.join(cfg.noise_wav, f"{split}.tsv") if cfg.noise_wav else None
+        max_trim = cfg.max_trim_sample_size
+        if isinstance(max_trim, str):  # unresolved `${task.max_sample_size}` (config built outside Hydra)
+            max_trim = cfg.max_sample_size
         self.datasets[split] = AVHubertDataset(
             manifest,
             sample_rate=cfg.sample_rate,
@@ -185,7 +188,7 @@ class AVHubertPretrainingTask(FairseqTask):
             label_processors=procs,
             max_keep_sample_size=cfg.max_sample_size,
             min_keep_sample_size=cfg.min_sample_size,
-            max_sample_size=cfg.max_trim_sample_size,
+            max_sample_size=max_trim,
             pad_audio=cfg.pad_audio,
             normalize=cfg.normalize,
             random_crop=cfg.random_crop,

@@ -2,7 +2,10 @@
 in audio, video and audio-visual modes; released-format fixtures; clear errors on bad input."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +26,6 @@ def ft_data(synthetic_corpus, tmp_path_factory) -> Path:
     for f in synthetic_corpus.iterdir():
         if f.is_file():
             shutil.copy(f, data / f.name)
-    for split in ("train", "valid"):  # manifests keep their absolute root: media stay in place
-        pass
     shutil.copy(data / "valid.tsv", data / "test.tsv")
     shutil.copy(data / "valid.wrd", data / "test.wrd")
     texts = (data / "train.wrd").read_text().splitlines()
@@ -132,8 +133,6 @@ def test_bad_inputs_get_clear_errors(repo, ft_data, pretrained, s2s_ckpt, tmp_pa
     args = [str(bin_dir / "fairseq-hydra-train"), "--config-dir", str(repo / "conf/finetune"), "--config-name", "tiny_s2s",
             f"common.user_dir={repo / 'avhubert'}", f"hydra.run.dir={tmp_path / 'x'}", f"task.data={ft_data}",
             f"task.label_dir={ft_data}", f"task.tokenizer_bpe_model={tmp_path / 'missing.model'}", f"model.w2v_path={pretrained}"]
-    import subprocess, os, sys
-
     proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
     assert proc.returncode != 0 and "missing.model" in proc.stderr + proc.stdout and "sentencepiece model" in proc.stderr + proc.stdout
 
@@ -152,3 +151,25 @@ def test_released_format_fixture_loads_strictly_and_decodes(repo, spec_fixtures,
     assert feats.shape == (1, 12, 256)
     res = infer(repo, path, tmp_path / "fixture", ["audio", "video"], ft_data, beam=2)
     assert res["num_utts"] > 0 and res["wer"] is not None
+
+
+def test_joint_ctc_attention_training_and_decoding(bin_dir, repo, ft_data, pretrained, tmp_path):
+    ckpt = finetune(bin_dir, repo, ft_data, pretrained, tmp_path / "joint", "tiny_s2s", "optimization.max_update=6",
+                    "model.ctc_weight=0.3", "criterion._name=av_hubert_seq2seq_ctc", "task.eval_wer=false",
+                    "checkpoint.best_checkpoint_metric=loss")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert "ctc_proj.weight" in state["model"]
+    plain = infer(repo, ckpt, tmp_path / "att", ["audio", "video"], ft_data)
+    joint = infer(repo, ckpt, tmp_path / "joint_dec", ["audio", "video"], ft_data, **{"override.ctc_weight": 0.3})
+    assert plain["wer"] is not None and joint["wer"] is not None
+
+
+def test_infer_cli_and_wrong_config_kind(repo, ft_data, s2s_ckpt, tmp_path):
+    base = [sys.executable, str(repo / "avhubert" / "infer_s2s.py"), "--config-dir", str(repo / "conf")]
+    args = [f"common_eval.path={s2s_ckpt}", f"common_eval.results_path={tmp_path / 'cli'}", "dataset.gen_subset=test",
+            "override.modalities=[video]", f"+override.data={ft_data}", f"+override.label_dir={ft_data}", "generation.beam=2"]
+    run_cli(base + ["--config-name", "s2s_decode"] + args)
+    assert list((tmp_path / "cli").glob("wer.*")) and (tmp_path / "cli" / "decode.jsonl").is_file()
+    proc = subprocess.run(base + ["--config-dir", str(repo / "conf" / "finetune"), "--config-name", "tiny_s2s"] + args,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert proc.returncode != 0 and "common_eval" in proc.stderr  # a fine-tuning YAML is no decoding config

@@ -1,0 +1,15 @@
+"""The reference's script name for `preparation.detect_landmarks` (same flags; the reference
+spellings `--root --landmark --manifest --cnn_detector --face_predictor` are accepted).
+
+    python -m preparation.detect_landmark --root $LRS3 --landmark $LRS3/landmark \
+        --manifest $LRS3/file.list --cnn_detector F --face_predictor F --rank 0 --nshard 1
+"""
+
+from preparation.common import setup_logging
+from preparation.detect_landmarks import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    setup_logging()
+    raise SystemExit(main())

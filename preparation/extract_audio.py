@@ -1,0 +1,103 @@
+"""Extract 16 kHz mono 16-bit wav audio from the videos of a file list.
+
+Reads  `{video_dir}/{id}{video_ext}` for each id of `--file-list`.
+Writes `{audio_dir}/{id}.wav` (PCM int16, mono, 16 kHz: resampled and down-mixed as needed),
+       `{audio_dir}/failures.extract_audio.{rank}_{nshard}.tsv` on failures and
+       `{audio_dir}/.extract_audio.{rank}_{nshard}.done` when a shard finished cleanly.
+Existing non-empty wavs are kept (so LRS3 `short-pretrain` wavs cut by `lrs3_trim` are not
+redone).
+
+This is reference spec 6.1 step 3 (LRS3 `trainval`/`test`) and 6.2 step 2 (VoxCeleb2).
+
+Example:
+
+    python -m preparation.extract_audio --video-dir $LRS3 --file-list $LRS3/file.list \
+        --audio-dir $LRS3/audio --nshard 4 --rank 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+from . import common
+
+logger = logging.getLogger(__name__)
+
+STEP = "extract_audio"
+
+
+def _work(item_id: str, video_dir: str, audio_dir: str, video_ext: str, ffmpeg: Optional[str]) -> None:
+    from .media import extract_wav
+
+    extract_wav(Path(video_dir) / f"{item_id}{video_ext}", Path(audio_dir) / f"{item_id}.wav", ffmpeg=ffmpeg)
+
+
+def _finished(item_id: str, audio_dir: str) -> bool:
+    path = Path(audio_dir) / f"{item_id}.wav"
+    return path.is_file() and path.stat().st_size > 44  # more than a bare wav header
+
+
+def extract_audio(
+    ids: List[str],
+    video_dir: str | Path,
+    audio_dir: str | Path,
+    video_ext: str = ".mp4",
+    ffmpeg: Optional[str] = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> common.StepResult:
+    """Extract wavs for `ids` (already sharded)."""
+    common.find_ffmpeg(ffmpeg)
+    result, _ = common.run_items(
+        ids,
+        functools.partial(
+            _work, video_dir=str(video_dir), audio_dir=str(audio_dir), video_ext=video_ext, ffmpeg=ffmpeg
+        ),
+        is_finished=None if overwrite else functools.partial(_finished, audio_dir=str(audio_dir)),
+        num_workers=num_workers,
+        desc="audio",
+        progress=progress,
+    )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    add = functools.partial(common.add_alias, p)
+    add("--video-dir", "--root", required=True, help="folder holding {id}.mp4")
+    add("--file-list", "--manifest", required=True, help="ids, one per line")
+    p.add_argument("--audio-dir", required=True, help="output folder for {id}.wav")
+    p.add_argument("--video-ext", default=".mp4")
+    p.add_argument("--ffmpeg", default=None, help="ffmpeg executable (default: from PATH)")
+    common.add_common_args(p)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.set_verbosity(args.verbose)
+    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    if submitted is not None:
+        return submitted
+    ids = common.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
+    result = extract_audio(
+        ids,
+        args.video_dir,
+        args.audio_dir,
+        args.video_ext,
+        args.ffmpeg,
+        args.num_workers,
+        args.overwrite,
+        not args.no_progress,
+    )
+    return common.finish_shard(result, args.audio_dir, STEP, args.rank, args.nshard)
+
+
+if __name__ == "__main__":
+    common.setup_logging()
+    raise SystemExit(main())

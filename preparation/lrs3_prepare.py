@@ -1,0 +1,63 @@
+"""The reference's `lrs3_prepare.py --step S` command line, mapped onto this package's
+single-purpose steps (so existing commands keep working).
+
+    step 1: preparation.lrs3_segment   (short-pretrain.csv)
+    step 2: preparation.lrs3_trim      (short-pretrain/ clips and wavs; sharded)
+    step 3: preparation.extract_audio  for trainval/ and test/ (sharded)
+    step 4: preparation.lrs3_lists     (file.list, label.list)
+
+Example (reference spelling):
+
+    python -m preparation.lrs3_prepare --lrs3 $LRS3 --ffmpeg /usr/bin/ffmpeg --rank 0 --nshard 1 --step 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+from . import common, extract_audio, lrs3_lists, lrs3_segment, lrs3_trim
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    p.add_argument("--lrs3", required=True, help="LRS3 root")
+    p.add_argument("--step", type=int, required=True, choices=[1, 2, 3, 4])
+    p.add_argument("--ffmpeg", default=None)
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--nshard", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    lrs3 = Path(args.lrs3)
+    shard = ["--rank", str(args.rank), "--nshard", str(args.nshard), "--num-workers", str(args.num_workers)]
+    ffmpeg = ["--ffmpeg", args.ffmpeg] if args.ffmpeg else []
+    quiet = ["--no-progress"] if args.no_progress else []
+    if args.step == 1:
+        return lrs3_segment.main(["--lrs3", str(lrs3)] + quiet)
+    if args.step == 2:
+        return lrs3_trim.main(["--lrs3", str(lrs3)] + shard + ffmpeg + quiet)
+    if args.step == 3:
+        ids, _ = lrs3_lists.list_lrs3(lrs3, include_pretrain=False)
+        id_list = lrs3 / "trainval_test.list"
+        common.write_lines(id_list, ids)
+        return extract_audio.main(
+            ["--video-dir", str(lrs3), "--file-list", str(id_list), "--audio-dir", str(lrs3 / "audio")]
+            + shard
+            + ffmpeg
+            + quiet
+        )
+    return lrs3_lists.main(["--lrs3", str(lrs3)] + quiet)
+
+
+if __name__ == "__main__":
+    common.setup_logging()
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Video and audio file I/O for preparation: OpenCV decoding, ffmpeg-piped mp4 encoding,
+25 fps conversion, 16 kHz mono wav extraction and decode-based frame counting.
+
+Frames are uint8 arrays `[T, H, W, 3]` in OpenCV's BGR order (or `[T, H, W]` grayscale).
+No scikit-video (broken on NumPy 2) and no PNG round-trips: frames are piped to ffmpeg.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .common import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS, atomic_write, run_ffmpeg
+
+__all__ = [
+    "read_video",
+    "video_fps",
+    "count_video_frames",
+    "write_video",
+    "convert_fps",
+    "extract_wav",
+    "count_wav_samples",
+    "read_wav_int16",
+    "write_wav_int16",
+    "H264_CRF",
+]
+
+H264_CRF = 20  # reference: ffmpeg `-crf 20` for trimmed clips and mouth ROIs
+
+
+def _open(path: str | os.PathLike):
+    import cv2
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ValueError(f"OpenCV cannot open video {path}")
+    return cap
+
+
+def read_video(
+    path: str | os.PathLike, max_frames: Optional[int] = None, gray: bool = False
+) -> Tuple[np.ndarray, float]:
+    """Decode all frames (or the first `max_frames`). Returns `(frames [T,H,W,3] BGR, fps)`;
+    `[T,H,W]` when `gray`. Raises if no frame decodes."""
+    import cv2
+
+    cap = _open(path)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        frames = []
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if gray else frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise ValueError(f"no frame could be decoded from {path}")
+    return np.stack(frames), fps
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """Container frame rate reported by OpenCV."""
+    import cv2
+
+    cap = _open(path)
+    try:
+        return float(cap.get(cv2.CAP_PROP_FPS))
+    finally:
+        cap.release()
+
+
+def count_video_frames(path: str | os.PathLike) -> int:
+    """Number of frames that actually decode (not the container's frame-count metadata)."""
+    cap = _open(path)
+    n = 0
+    try:
+        while cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    return n
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float = VIDEO_FPS,
+    ffmpeg: Optional[str] = None,
+    crf: int = H264_CRF,
+) -> None:
+    """Encode `frames` ([T,H,W,3] BGR or [T,H,W] gray, uint8) to an H.264 mp4, atomically.
+
+    Frames are piped to ffmpeg as raw video; odd sizes are padded to even (yuv420p)."""
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.uint8:
+        raise TypeError(f"write_video expects uint8 frames, got {frames.dtype}")
+    if frames.ndim == 3:
+        pix_fmt = "gray"
+    elif frames.ndim == 4 and frames.shape[-1] == 3:
+        pix_fmt = "bgr24"
+    else:
+        raise ValueError(f"write_video expects [T,H,W] or [T,H,W,3] frames, got shape {frames.shape}")
+    if frames.shape[0] == 0:
+        raise ValueError(f"write_video: no frames to write to {path}")
+    height, width = frames.shape[1:3]
+    with atomic_write(path) as tmp:
+        run_ffmpeg(
+            [
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                pix_fmt,
+                "-s",
+                f"{width}x{height}",
+                "-r",
+                f"{fps:g}",
+                "-i",
+                "-",
+                "-an",
+                "-vf",
+                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                str(crf),
+                "-pix_fmt",
+                "yuv420p",
+                "-movflags",
+                "+faststart",
+                str(tmp),
+            ],
+            ffmpeg=ffmpeg,
+            input_bytes=frames.tobytes(),
+        )
+
+
+def convert_fps(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    fps: float = VIDEO_FPS,
+    ffmpeg: Optional[str] = None,
+    crf: int = 18,
+) -> None:
+    """Re-encode `src` to constant `fps` (video only) with ffmpeg's timestamp-based `fps`
+    filter, which handles variable-frame-rate input; a clip of duration D gets ~D*fps frames."""
+    with atomic_write(dst) as tmp:
+        run_ffmpeg(
+            [
+                "-i",
+                str(src),
+                "-an",
+                "-vf",
+                f"fps={fps:g},pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                str(crf),
+                "-pix_fmt",
+                "yuv420p",
+                str(tmp),
+            ],
+            ffmpeg=ffmpeg,
+        )
+
+
+def extract_wav(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    ffmpeg: Optional[str] = None,
+    sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ,
+) -> None:
+    """Extract the first audio stream of `src` as 16-bit PCM mono wav at `sample_rate_hz`,
+    resampling and down-mixing as needed (the reference assumed LRS3 was already 16 kHz)."""
+    with atomic_write(dst) as tmp:
+        run_ffmpeg(
+            [
+                "-i",
+                str(src),
+                "-vn",
+                "-ac",
+                "1",
+                "-ar",
+                str(sample_rate_hz),
+                "-acodec",
+                "pcm_s16le",
+                "-f",
+                "wav",
+                str(tmp),
+            ],
+            ffmpeg=ffmpeg,
+        )
+
+
+def count_wav_samples(path: str | os.PathLike) -> int:
+    """Number of samples per channel from the wav header."""
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"wav not found: {path}")
+    return int(sf.info(str(path)).frames)
+
+
+def read_wav_int16(path: str | os.PathLike) -> Tuple[np.ndarray, int]:
+    """Read a wav as int16 samples `[N]` (mono) or `[N, C]`; returns `(samples, rate)`."""
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"wav not found: {path}")
+    data, rate = sf.read(str(path), dtype="int16", always_2d=False)
+    return data, int(rate)
+
+
+def write_wav_int16(path: str | os.PathLike, samples: np.ndarray, rate: int = AUDIO_SAMPLE_RATE_HZ) -> None:
+    """Write int16 samples `[N]` as a PCM_16 wav, atomically."""
+    import soundfile as sf
+
+    samples = np.asarray(samples)
+    if samples.dtype != np.int16:
+        raise TypeError(f"write_wav_int16 expects int16 samples, got {samples.dtype}")
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        sf.write(str(tmp), samples, rate, subtype="PCM_16", format="WAV")

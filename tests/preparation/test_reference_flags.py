@@ -1,0 +1,151 @@
+"""The reference scripts' command lines (spec 6, README mistakes included) still parse, and
+`--help` works for every CLI without importing dlib."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from preparation import (
+    align_mouth,
+    count_frames,
+    detect_landmark,
+    lrs3_manifest,
+    lrs3_noise,
+    lrs3_prepare,
+    musan_prepare,
+    noise_manifest,
+    vox_manifest,
+    vox_prepare,
+)
+
+
+def test_detect_landmark_reference_flags():
+    args = detect_landmark.main.__globals__["build_parser"]().parse_args(
+        [
+            "--root",
+            "D",
+            "--landmark",
+            "D/landmark",
+            "--manifest",
+            "D/file.list",
+            "--cnn_detector",
+            "c.dat",
+            "--face_predictor",
+            "p.dat",
+            "--ffmpeg",
+            "/usr/bin/ffmpeg",
+            "--rank",
+            "1",
+            "--nshard",
+            "4",
+        ]
+    )
+    assert (args.video_dir, args.landmark_dir, args.file_list, args.cnn_detector, args.face_predictor) == (
+        "D",
+        "D/landmark",
+        "D/file.list",
+        "c.dat",
+        "p.dat",
+    )
+    assert (args.rank, args.nshard) == (1, 4)
+    readme = detect_landmark.main.__globals__["build_parser"]().parse_args(
+        ["--root", "D", "--landmark", "L", "--manifest", "M", "--face_detector", "p.dat"]
+    )
+    assert readme.face_predictor == "p.dat"  # the README's wrong name for the predictor
+
+
+def test_align_mouth_reference_flags():
+    args = align_mouth.main.__globals__["build_parser"]().parse_args(
+        [
+            "--video-direc",
+            "D",
+            "--landmark-direc",
+            "D/landmark",
+            "--filename-path",
+            "D/file.list",
+            "--save-direc",
+            "D/video",
+            "--mean-face",
+            "20words_mean_face.npy",
+            "--ffmpeg",
+            "ffmpeg",
+            "--rank",
+            "0",
+            "--nshard",
+            "1",
+            "--crop-width",
+            "96",
+            "--crop-height",
+            "96",
+            "--start-idx",
+            "48",
+            "--stop-idx",
+            "68",
+            "--window-margin",
+            "12",
+        ]
+    )
+    assert (args.video_dir, args.out_dir, args.mean_face, args.window_margin) == (
+        "D",
+        "D/video",
+        "20words_mean_face.npy",
+        12,
+    )
+
+
+@pytest.mark.parametrize(
+    "module,argv",
+    [
+        (lrs3_prepare, ["--lrs3", "D", "--ffmpeg", "F", "--rank", "0", "--nshard", "2", "--step", "3"]),
+        (count_frames, ["--root", "D", "--manifest", "D/file.list", "--nshard", "2", "--rank", "1"]),
+        (lrs3_manifest, ["--lrs3", "D", "--valid-ids", "lrs3-valid.id", "--vocab-size", "1000"]),
+        (lrs3_manifest, ["--lrs3", "D", "--manifest", "D/file.list", "--valid-ids", "v.id"]),  # README (PR #47)
+        (vox_prepare, ["--vox", "D", "--ffmpeg", "F", "--step", "2", "--rank", "0", "--nshard", "1"]),
+        (vox_prepare, ["--root", "D", "--step", "1"]),  # README spelling
+        (vox_manifest, ["--vox", "D", "--en-ids", "vox-en.id"]),
+        (musan_prepare, ["--musan", "D", "--nshard", "4", "--slurm_partition", "P"]),
+        (lrs3_noise, ["--lrs3", "D"]),
+        (noise_manifest, ["--musan", "D", "--lrs3", "E"]),
+    ],
+)
+def test_reference_command_lines_parse(module, argv):
+    module.build_parser().parse_args(argv)
+
+
+def test_count_frames_root_layout(tmp_path):
+    (tmp_path / "file.list").write_text("a\n")
+    assert count_frames.main(["--root", str(tmp_path), "--manifest", str(tmp_path / "file.list"), "--no-progress"]) == 0
+    assert (tmp_path / "missing_0_1.list").read_text() == "a\n"  # neither video/a.mp4 nor audio/a.wav
+
+
+CLIS = [
+    "detect_landmarks",
+    "crop_mouth_rois",
+    "extract_audio",
+    "count_frames",
+    "lrs3_segment",
+    "lrs3_trim",
+    "lrs3_lists",
+    "lrs3_manifest",
+    "prepare_own_videos",
+    "qa_report",
+    "mix_babble",
+    "musan_prepare",
+    "lrs3_noise",
+    "noise_manifest",
+    "vox_lists",
+    "vox_manifest",
+]
+
+
+def test_help_without_dlib_import():
+    code = (
+        "import sys\nfrom preparation import " + ", ".join(CLIS) + "\n"
+        "for m in [" + ", ".join(CLIS) + "]:\n    m.build_parser().format_help()\n"
+        "assert 'dlib' not in sys.modules and 'fairseq' not in sys.modules, sorted(sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
