@@ -40,7 +40,7 @@ test-slow: setup
 	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT)
+	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) outputs

@@ -393,17 +393,23 @@ class AVHubertModel(BaseFairseqModel):
     def extract_features(
         self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
+        modality_drop: Optional[str] = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """`(features [B, T, D], padding_mask)`; `ret_conv` returns the fused front-end features."""
-        res = self.forward(source, padding_mask=padding_mask, mask=mask, features_only=True, output_layer=output_layer)
+        """`(features [B, T, D], padding_mask)`; `ret_conv` returns the fused front-end features.
+
+        No modality dropout unless `modality_drop` asks for it (reference: pre-training only).
+        """
+        res = self.forward(source, padding_mask=padding_mask, mask=mask, features_only=True,
+                           output_layer=output_layer, modality_drop=modality_drop)
         return (res["features"] if ret_conv else res["x"]), res["padding_mask"]
 
     def extract_finetune(
         self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
+        modality_drop: Optional[str] = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """As `extract_features`, tolerating a missing modality (zeros after its front-end)."""
-        return self.extract_features(source, padding_mask, mask, False, output_layer)
+        return self.extract_features(source, padding_mask, mask, False, output_layer, modality_drop)
 
     def get_extra_losses(self, net_output: Dict[str, Any]) -> Tuple[List[torch.Tensor], List[str]]:
         return [net_output["features_pen"]], ["features_pen"]

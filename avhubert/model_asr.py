@@ -66,6 +66,8 @@ class AVHubertAsrConfig(FairseqDataclass):
     normalize: bool = _f(II("task.normalize"), "must equal the pre-training task's normalize")
     data: str = _f(II("task.data"), "fine-tuning data dir (copied into the pre-training task config)")
     w2v_args: Any = _f(None, "the pre-training config, stored at first build so reloading needs no w2v_path")
+    finetune_modality_dropout: float = _f(0.0, "NEW: per-batch probability of zeroing one modality while fine-tuning (reference: 0), for one model that decodes audio-only, video-only and audio-visual")
+    finetune_audio_dropout: float = _f(0.5, "NEW: given a drop, probability that audio (vs video) is zeroed")
 
 
 @dataclass
@@ -152,15 +154,27 @@ def build_pretrained_encoder(cfg: AVHubertAsrConfig, task: Any) -> AVHubertModel
     return model
 
 
+def sample_modality_drop(module: nn.Module, cfg: Any, source: Dict[str, Optional[torch.Tensor]]) -> str:
+    """Per-batch fine-tuning modality dropout decision ("none", "audio" or "video")."""
+    p = float(getattr(cfg, "finetune_modality_dropout", 0.0))
+    if not module.training or p <= 0 or any(source.get(m) is None for m in ("audio", "video")):
+        return "none"
+    if float(torch.rand(())) >= p:
+        return "none"
+    return "audio" if float(torch.rand(())) < float(cfg.finetune_audio_dropout) else "video"
+
+
 class HubertEncoderWrapper(FairseqEncoder):
     """Seq2seq encoder: `extract_finetune` (no masking), output `[T, B, D]` + padding masks."""
 
-    def __init__(self, w2v_model: AVHubertModel) -> None:
+    def __init__(self, w2v_model: AVHubertModel, cfg: Optional[AVHubertAsrConfig] = None) -> None:
         super().__init__(None)
         self.w2v_model = w2v_model
+        self.asr_cfg = cfg
 
     def forward(self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
-        x, padding_mask = self.w2v_model.extract_finetune(source, padding_mask)
+        drop = sample_modality_drop(self, self.asr_cfg, source)
+        x, padding_mask = self.w2v_model.extract_finetune(source, padding_mask, modality_drop=drop)
         return {"encoder_out": x.transpose(0, 1), "encoder_padding_mask": padding_mask, "padding_mask": padding_mask}
 
     def reorder_encoder_out(self, encoder_out: Dict[str, Any], new_order: torch.Tensor) -> Dict[str, Any]:
@@ -199,7 +213,7 @@ class AVHubertSeq2Seq(BaseFairseqModel):
         if tgt_dict is None:
             raise ValueError("av_hubert_seq2seq needs a fine-tuning task (task.fine_tuning=true, labels=[wrd])")
         decoder = build_decoder_from_cfg(cfg, len(tgt_dict), tgt_dict.pad(), encoder_embed_dim=w2v.cfg.encoder_embed_dim)
-        return cls(HubertEncoderWrapper(w2v), decoder, cfg)
+        return cls(HubertEncoderWrapper(w2v, cfg), decoder, cfg)
 
     def forward(self, **kwargs: Any) -> Any:
         with _freeze_context(self):
@@ -232,13 +246,16 @@ class HubertEncoder(FairseqEncoder):
     def __init__(self, w2v_model: AVHubertModel, cfg: AVHubertAsrConfig, output_dim: int) -> None:
         super().__init__(None)
         self.w2v_model = w2v_model
+        self.asr_cfg = cfg
         self.apply_mask = cfg.apply_mask
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.proj = nn.Linear(w2v_model.cfg.encoder_embed_dim, output_dim)
 
     def forward(self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
                 tbc: bool = True, **kwargs: Any) -> Dict[str, Any]:
-        x, padding_mask = self.w2v_model.extract_finetune(source, padding_mask, mask=self.apply_mask and self.training)
+        drop = sample_modality_drop(self, self.asr_cfg, source)
+        x, padding_mask = self.w2v_model.extract_finetune(source, padding_mask, mask=self.apply_mask and self.training,
+                                                          modality_drop=drop)
         x = self.proj(self.final_dropout(x))
         if tbc:
             x = x.transpose(0, 1)

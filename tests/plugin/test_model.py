@@ -111,3 +111,29 @@ def test_feature_grad_mult_zero_freezes_front_ends():
     out["logit_m_list"][0].sum().backward()
     assert model.feature_extractor_audio.proj.weight.grad is None
     assert model.post_extract_proj.weight.grad is not None
+
+
+def test_fine_tuning_path_has_no_pretraining_modality_dropout():
+    model = tiny_model(modality_dropout=1.0, audio_dropout=1.0).train()
+    audio, video, pad = random_batch()
+    torch.manual_seed(0)
+    a, _ = model.extract_finetune({"audio": audio, "video": video}, pad)
+    torch.manual_seed(0)
+    b, _ = model.extract_finetune({"audio": torch.zeros_like(audio), "video": video}, pad)
+    assert not torch.allclose(a, b), "audio must not be dropped by extract_finetune (reference parity)"
+
+
+def test_finetune_modality_dropout_option():
+    from types import SimpleNamespace
+
+    from avhubert.model_asr import sample_modality_drop
+
+    module = torch.nn.Linear(1, 1).train()
+    src = {"audio": torch.zeros(1), "video": torch.zeros(1)}
+    cfg = SimpleNamespace(finetune_modality_dropout=1.0, finetune_audio_dropout=1.0)
+    assert sample_modality_drop(module, cfg, src) == "audio"
+    cfg.finetune_audio_dropout = 0.0
+    assert sample_modality_drop(module, cfg, src) == "video"
+    assert sample_modality_drop(module.eval(), cfg, src) == "none"
+    assert sample_modality_drop(module.train(), cfg, {"audio": None, "video": torch.zeros(1)}) == "none"
+    assert sample_modality_drop(module, None, src) == "none"
