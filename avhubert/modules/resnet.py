@@ -9,6 +9,7 @@ default reproduces the original exactly.
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BasicBlock", "ResNetTrunk", "ResEncoder"]
@@ -91,9 +92,31 @@ class ResEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stem_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3-D stem convolution, `[B, 1, T, H, W] -> [B, w, T, H/2, W/2]`.
+
+        On CPU it runs as one 2-D convolution over the 5 neighbouring frames stacked as
+        channels (same weights, same result up to float rounding): torch 2.13's oneDNN Conv3d
+        corrupted the heap in CPU training ("corrupted size vs. prev_size"), and the native
+        Conv3d kernel is 3x slower than this.
+        """
+        conv = self.frontend3D[0]
+        if x.device.type != "cpu":
+            return conv(x)
+        batch, chans, time, height, width = x.shape
+        kt = conv.kernel_size[0]
+        frames = F.pad(x, (0, 0, 0, 0, conv.padding[0], conv.padding[0]))  # pad time
+        stacked = frames.unfold(2, kt, 1)  # [B, C, T, H, W, kt]
+        stacked = stacked.permute(0, 2, 1, 5, 3, 4).reshape(batch * time, chans * kt, height, width)
+        weight = conv.weight.reshape(conv.out_channels, chans * kt, *conv.kernel_size[1:])
+        y = F.conv2d(stacked, weight, conv.bias, stride=conv.stride[1:], padding=conv.padding[1:])
+        return y.view(batch, time, conv.out_channels, *y.shape[-2:]).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, time = x.shape[:3]
-        x = self.frontend3D(x)  # [B, w, T, H/4, W/4]
+        x = self.stem_conv(x)
+        for layer in self.frontend3D[1:]:
+            x = layer(x)  # BN, activation, max-pool: [B, w, T, H/4, W/4]
         x = x.transpose(1, 2).flatten(0, 1)  # [B*T, w, H', W']
         x = self.trunk(x)  # [B*T, 8w]
         return x.view(batch, time, -1).transpose(1, 2)  # [B, 8w, T]

@@ -137,3 +137,11 @@ def test_finetune_modality_dropout_option():
     assert sample_modality_drop(module.eval(), cfg, src) == "none"
     assert sample_modality_drop(module.train(), cfg, {"audio": None, "video": torch.zeros(1)}) == "none"
     assert sample_modality_drop(module, None, src) == "none"
+
+
+def test_cpu_stem_convolution_equals_conv3d():
+    from avhubert.modules.resnet import ResEncoder
+
+    enc = ResEncoder(width=4)
+    x = torch.randn(2, 1, 9, 88, 88)
+    torch.testing.assert_close(enc.stem_conv(x), enc.frontend3D[0](x), atol=1e-4, rtol=1e-4)
