@@ -165,8 +165,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="demo_out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain-updates", type=int, default=400)
-    p.add_argument("--finetune-updates", type=int, default=400)
+    p.add_argument("--pretrain-updates", type=int, default=300)
+    p.add_argument("--finetune-updates", type=int, default=300)
     p.add_argument("--n-clusters", type=int, default=50)
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--compare-scratch", action="store_true", help="also fine-tune from random initialisation")
@@ -210,7 +210,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             hydra_train("finetune", exp, [
                 f"task.data={data}", f"task.label_dir={data}", f"task.tokenizer_bpe_model={paths.spm_model}",
                 f"task.noise_wav={paths.noise_dir}", f"model.w2v_path={pre_ckpt}", f"model.no_pretrained_weights={str(scratch).lower()}",
-                f"optimization.max_update={a.finetune_updates}", f"common.seed={a.seed}"])
+                f"optimization.max_update={a.finetune_updates}", f"common.seed={a.seed}",
+                f"lr_scheduler.warmup_steps={a.finetune_updates // 10}",
+                f"lr_scheduler.decay_steps={a.finetune_updates - a.finetune_updates // 10}"])
             (exp / ".done").touch()
 
     _banner("5/6 decode: audio / video / audio-visual x clean, 10, 5, 0, -5 dB babble")
@@ -226,4 +228,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # decode.log keeps the per-utterance REF/HYP lines
+        handler.setLevel(logging.WARNING)
     raise SystemExit(main())
