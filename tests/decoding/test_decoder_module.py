@@ -10,7 +10,7 @@ import torch
 from avhubert.modules.decoder import SinusoidalPositionalEmbedding, TransformerDecoder, build_decoder_from_cfg
 from tests.decoding.helpers import PAD, fairseq_decoder_like, random_encoder_out, random_tokens, tiny_decoder
 
-SPEC = Path("/work/shared/spec")
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"  # ../shared beside the checkout
 KEYS_BASE = SPEC / "keys" / "keys_shapes_seq2seq_base_lrs3_433h.json"
 KEYS_LARGE = SPEC / "keys" / "keys_shapes_seq2seq_large_lrs3_433h.json"
 FIXTURE_S2S = SPEC / "fixtures" / "avhubert_tiny_s2s.pt"

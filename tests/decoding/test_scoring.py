@@ -74,7 +74,7 @@ def test_detokenize_round_trips_real_sentencepiece_model(tmp_path):
 
     import sentencepiece as spm
 
-    model = Path("/work/shared/spec/fixtures/spm_unigram100.model")
+    model = Path(__file__).resolve().parents[3] / "shared" / "spec" / "fixtures" / "spm_unigram100.model"
     if not model.exists():
         pytest.skip("fixture tokenizer not available")
     sp = spm.SentencePieceProcessor(model_file=str(model))
