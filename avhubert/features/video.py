@@ -22,14 +22,7 @@ class VideoReadError(RuntimeError):
 
 
 def load_video(path: str) -> np.ndarray:
-    """Decode all frames as grayscale `uint8 [T, H, W]`.
-
-    OpenCV's own thread pool is switched off: fairseq decodes in a prefetch thread while the
-    trainer runs backward, and OpenCV's parallel colour conversion next to torch's threads
-    corrupted the heap ("corrupted size vs. prev_size") in CPU training.
-    """
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
+    """Decode all frames as grayscale `uint8 [T, H, W]`."""
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         cap.release()
