@@ -234,11 +234,6 @@ class AVHubertSeq2Seq(BaseFairseqModel):
     def max_decoder_positions(self) -> int:
         return self.decoder.max_positions()
 
-    def upgrade_state_dict_named(self, state_dict: Dict[str, Any], name: str) -> Dict[str, Any]:
-        # legacy fairseq buffer of sinusoidal positions, absent from modern models
-        state_dict.pop(f"{name}decoder.embed_positions._float_tensor" if name else "decoder.embed_positions._float_tensor", None)
-        return state_dict
-
 
 class HubertEncoder(FairseqEncoder):
     """CTC encoder: `extract_finetune` (optional masking), final dropout, projection to V."""
