@@ -238,16 +238,20 @@ class AVHubertDataset(FairseqDataset):
     def collate_stream(
         self, xs: List[torch.Tensor], size: int, starts: Optional[List[int]]
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
-        """Crop longer items (shared offsets), zero-pad shorter ones; padding mask True = pad."""
-        out = xs[0].new_zeros((len(xs), size) + tuple(xs[0].shape[1:]))
-        padding_mask = torch.zeros(len(xs), size, dtype=torch.bool)
+        """Crop longer items (shared offsets), zero-pad shorter ones; padding mask True = pad.
+
+        Assembled in NumPy: small torch ops in the loader wake torch's OpenMP pool and stall
+        against the training threads on a 2-core machine.
+        """
+        out = np.zeros((len(xs), size) + tuple(xs[0].shape[1:]), dtype=xs[0].numpy().dtype)
+        padding_mask = np.zeros((len(xs), size), dtype=bool)
         new_starts = []
         for i, x in enumerate(xs):
             x, start = self.crop_to_max_size(x, size, None if starts is None else starts[i])
             new_starts.append(start)
-            out[i, : len(x)] = x
+            out[i, : len(x)] = x.numpy()
             padding_mask[i, len(x) :] = True
-        return out, padding_mask, new_starts
+        return torch.from_numpy(out), torch.from_numpy(padding_mask), new_starts
 
     def collate_labels(self, targets_by_label, size: int, starts: Optional[List[int]]):
         targets_list, lengths_list, ntokens_list = [], [], []

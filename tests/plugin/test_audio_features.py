@@ -29,6 +29,9 @@ def test_matches_python_speech_features_within_1e_5():
     expected = (stacked - mean) / np.sqrt(var + 1e-5)
     assert ours.shape == (num_frames, 104)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # the original normalises with torch's layer norm; ours runs in NumPy (data-loader speed)
+    torch_ln = torch.nn.functional.layer_norm(torch.from_numpy(stacked), (104,)).numpy()
+    np.testing.assert_allclose(ours, torch_ln, atol=1e-5)
 
 
 def test_stacking_is_frame_major_and_alignment_pads_or_truncates():
