@@ -167,6 +167,7 @@ def beam_search(
     src_lengths: Optional[Tensor] = None,
     ctc_log_probs: Optional[Tensor] = None,
     ctc_blank: int = 0,
+    prefix_tokens: Optional[Tensor] = None,
 ) -> List[List[Hypothesis]]:
     """Beam search over a batch of encoder outputs.
 
@@ -179,6 +180,8 @@ def beam_search(
         src_lengths: `[B]` encoder time steps per utterance (default: from the padding mask).
         ctc_log_probs: `[B, T, V]` CTC log-probabilities (same dictionary) for joint scoring when
             `config.ctc_weight > 0`; `ctc_blank` is their blank index.
+        prefix_tokens: `[B, P]` tokens every hypothesis must start with (fairseq `prefix_size`,
+            e.g. a language tag); `pad` entries leave that step free.
 
     Returns:
         for each utterance, `beam` hypotheses sorted by score (best first).
@@ -227,6 +230,8 @@ def beam_search(
         lprobs = F.log_softmax(logits[:, -1, :].float() / cfg.temperature, dim=-1)  # [n * beam, V]
         vocab = lprobs.size(1)
         lprobs = _constrain(lprobs, tokens, step, active, max_len, beam, eos, pad, unk, cfg)
+        if prefix_tokens is not None and step < prefix_tokens.size(1):
+            lprobs = _force_prefix(lprobs, prefix_tokens, step, active, max_len, beam, pad)
         ctc_cand = ctc_psi = ctc_r = None
         if scorer is not None and ctc_state is not None:
             lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active, beam, cfg)
@@ -353,6 +358,19 @@ def _constrain(
     if cfg.no_repeat_ngram_size > 0:
         _ban_repeated_ngrams(tokens, lprobs, cfg.no_repeat_ngram_size)
     return lprobs
+
+
+def _force_prefix(
+    lprobs: Tensor, prefix_tokens: Tensor, step: int, active: Tensor, max_len: List[int], beam: int, pad: int
+) -> Tensor:
+    """Allow only the prefix token at `step` (its score unchanged); rows whose prefix entry is
+    `pad`, or that reached their maximum length, stay free (fairseq `_prefix_tokens`)."""
+    forced = prefix_tokens.to(lprobs.device)[active.to(lprobs.device), step].repeat_interleave(beam)  # [N]
+    row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
+    apply = (forced != pad) & (step < row_max)
+    kept = lprobs.gather(1, forced[:, None])
+    only = torch.full_like(lprobs, NEG_INF).scatter_(1, forced[:, None], kept)
+    return torch.where(apply[:, None], only, lprobs)
 
 
 def _joint_ctc(

@@ -167,7 +167,12 @@ def decode(cfg: Any) -> Dict[str, Any]:
             sample = utils.move_to_cuda(sample) if use_cuda else sample
             if cfg.common.fp16 and use_cuda:
                 sample = utils.apply_to_sample(lambda t: t.half() if t.is_floating_point() else t, sample)
-            hyps = generator.generate([model], sample)
+            prefix = None
+            if cfg.generation.prefix_size > 0:  # hypotheses start with the reference's first tokens
+                if "target" not in sample:
+                    raise ValueError(f"generation.prefix_size={cfg.generation.prefix_size} needs reference labels")
+                prefix = sample["target"][:, : cfg.generation.prefix_size]
+            hyps = generator.generate([model], sample, prefix_tokens=prefix)
             for i, uid in enumerate(sample["utt_id"]):
                 hyp = task.decode_tokens(hyps[i][0]["tokens"])
                 ref = None

@@ -28,8 +28,6 @@ class Seq2SeqGenerator:
 
     @torch.no_grad()
     def generate(self, models: List[torch.nn.Module], sample: Dict[str, Any], prefix_tokens: Optional[torch.Tensor] = None, **kwargs: Any) -> Hypos:
-        if prefix_tokens is not None:
-            raise ValueError("prefix tokens are not supported by the AV-HuBERT generator (generation.prefix_size must be 0)")
         if len(models) != 1:
             raise ValueError(f"ensembles are not supported; got {len(models)} models")
         model = models[0]
@@ -42,7 +40,8 @@ class Seq2SeqGenerator:
             ctc = F.log_softmax(model.ctc_proj(encoder_out["encoder_out"]).float(), dim=-1).transpose(0, 1)
         d = self.tgt_dict
         hyps = beam_search(model.decoder, encoder_out, eos=d.eos(), pad=d.pad(), unk=d.unk(), config=self.config,
-                           encoder_reorder=model.encoder.reorder_encoder_out, ctc_log_probs=ctc, ctc_blank=d.bos())
+                           encoder_reorder=model.encoder.reorder_encoder_out, ctc_log_probs=ctc, ctc_blank=d.bos(),
+                           prefix_tokens=prefix_tokens)
         return [[{"tokens": h.tokens, "score": float(h.score), "positional_scores": h.positional_scores, "alignment": None}
                  for h in utt] for utt in hyps]
 
@@ -54,7 +53,9 @@ class CTCGenerator:
         self.tgt_dict, self.beam, self.blank = tgt_dict, beam, tgt_dict.bos()
 
     @torch.no_grad()
-    def generate(self, models: List[torch.nn.Module], sample: Dict[str, Any], **kwargs: Any) -> Hypos:
+    def generate(self, models: List[torch.nn.Module], sample: Dict[str, Any], prefix_tokens: Optional[torch.Tensor] = None, **kwargs: Any) -> Hypos:
+        if prefix_tokens is not None:
+            raise ValueError("CTC decoding cannot force prefix tokens (generation.prefix_size must be 0)")
         model = models[0]
         net_output = model(**sample["net_input"])
         lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1)  # [B, T, V]

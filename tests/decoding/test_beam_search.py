@@ -91,7 +91,7 @@ def test_incremental_equals_full_recomputation(name):
         _assert_same(a, b)
 
 
-def _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len):
+def _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len, prefix_tokens=None):
     from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
     from fairseq.sequence_generator import SequenceGenerator
 
@@ -113,7 +113,7 @@ def _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len):
     bsz, t_max = enc["encoder_padding_mask"].shape
     sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max)}}
     with torch.no_grad():
-        return gen.generate([model], sample)
+        return gen.generate([model], sample, prefix_tokens=prefix_tokens)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -130,6 +130,26 @@ def test_matches_fairseq_sequence_generator(name):
     ours = _search(dec, enc, cfg)
     ref = _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6)
     for hyps, ref_hyps in zip(ours, ref):
+        assert [h.tokens.tolist() for h in hyps] == [r["tokens"].tolist() for r in ref_hyps]
+        for h, r in zip(hyps, ref_hyps):
+            assert h.score == pytest.approx(float(r["score"]), abs=1e-4)
+            torch.testing.assert_close(h.positional_scores, r["positional_scores"], atol=1e-4, rtol=0)
+
+
+def test_prefix_tokens_match_fairseq_and_start_every_hypothesis():
+    cfg = BeamSearchConfig(beam=3, max_len_a=0.0, max_len_b=6)
+    vocab, enc_dim = 11, 12
+    dec = eos_friendly_decoder(vocab=vocab, seed=4)
+    enc = random_encoder_out(LENGTHS, seed=4)
+    free = _search(dec, enc, cfg)
+    # per utterance a 2-token prefix the free search did not choose; pad = no constraint
+    prefix = torch.tensor([[7, 8], [9, PAD], [6, 6], [10, 7]])
+    ours = _search(dec, enc, cfg, prefix_tokens=prefix)
+    ref = _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6, prefix_tokens=prefix)
+    for i, (hyps, ref_hyps) in enumerate(zip(ours, ref)):
+        want = [t for t in prefix[i].tolist() if t != PAD]
+        assert all(h.tokens[: len(want)].tolist() == want for h in hyps)
+        assert free[i][0].tokens[: len(want)].tolist() != want
         assert [h.tokens.tolist() for h in hyps] == [r["tokens"].tolist() for r in ref_hyps]
         for h, r in zip(hyps, ref_hyps):
             assert h.score == pytest.approx(float(r["score"]), abs=1e-4)

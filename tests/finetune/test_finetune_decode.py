@@ -91,6 +91,22 @@ def test_seq2seq_chain_decodes_in_every_modality(repo, ft_data, s2s_ckpt, tmp_pa
         assert (out / "decode.log").read_text().count("HYP:") == n_test
 
 
+def test_prefix_size_forces_the_references_first_tokens(repo, ft_data, s2s_ckpt, tmp_path):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(ft_data / "spm" / "spm.model"))
+    res = infer(repo, s2s_ckpt, tmp_path / "prefix", ["audio", "video"], ft_data, **{"generation.prefix_size": 2})
+    rows = [json.loads(l) for l in (tmp_path / "prefix" / "decode.jsonl").read_text().splitlines()]
+    assert res["num_utts"] == len(rows) > 0
+    for r in rows:
+        want = sp.decode(sp.encode(r["ref"], out_type=int)[:2])
+        assert r["hyp"].startswith(want), (r["ref"], r["hyp"])
+    empty_labels = tmp_path / "nolabels"
+    empty_labels.mkdir()
+    with pytest.raises(ValueError, match="prefix_size=2 needs reference labels"):
+        infer(repo, s2s_ckpt, tmp_path / "noref", ["video"], ft_data, label_dir=empty_labels, **{"generation.prefix_size": 2})
+
+
 def test_decoding_shards_merge_and_no_references(repo, ft_data, s2s_ckpt, tmp_path):
     single = infer(repo, s2s_ckpt, tmp_path / "one", ["audio", "video"], ft_data)
     out = tmp_path / "sharded"
