@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-done
 DEMO_OUT ?= demo_out
-APT_PACKAGES := ffmpeg espeak-ng libdlib-data
+APT_PACKAGES := ffmpeg espeak-ng libdlib-data libtcmalloc-minimal4
 
 .PHONY: setup system-deps test test-slow demo clean
 
