@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-done
 DEMO_OUT ?= demo_out
-APT_PACKAGES := ffmpeg espeak-ng libdlib-data libtcmalloc-minimal4
+APT_PACKAGES := ffmpeg espeak-ng libdlib-data
+# optional: tcmalloc makes CPU training ~20% faster (avhubert/fast_malloc.py); set-up goes on without it
+APT_OPTIONAL := libtcmalloc-minimal4
 
 .PHONY: setup system-deps test test-slow demo clean
 
@@ -31,6 +33,13 @@ system-deps:
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@missing=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing optional Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing ) \
+			|| echo "warning: could not install$$missing; CPU training will be about 20% slower"; \
 	fi
 
 test: setup
