@@ -229,9 +229,11 @@ def beam_search(
         logits, _ = decoder(tokens, encoder_out, state)
         lprobs = F.log_softmax(logits[:, -1, :].float() / cfg.temperature, dim=-1)  # [n * beam, V]
         vocab = lprobs.size(1)
-        lprobs = _constrain(lprobs, tokens, step, active, max_len, beam, eos, pad, unk, cfg)
+        # each row's maximum length (rows of one utterance are adjacent)
+        row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
+        lprobs = _constrain(lprobs, tokens, step, row_max, eos, pad, unk, cfg)
         if prefix_tokens is not None and step < prefix_tokens.size(1):
-            lprobs = _force_prefix(lprobs, prefix_tokens, step, active, max_len, beam, pad)
+            lprobs = _force_prefix(lprobs, prefix_tokens, step, active, row_max, beam, pad)
         ctc_cand = ctc_psi = ctc_r = None
         if scorer is not None and ctc_state is not None:
             lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active, beam, cfg)
@@ -335,19 +337,17 @@ def _constrain(
     lprobs: Tensor,
     tokens: Tensor,
     step: int,
-    active: Tensor,
-    max_len: List[int],
-    beam: int,
+    row_max: Tensor,
     eos: int,
     pad: int,
     unk: int,
     cfg: BeamSearchConfig,
 ) -> Tensor:
-    """Apply pad/unk/length/n-gram rules to `lprobs [N, V]` (fairseq order)."""
+    """Apply pad/unk/length/n-gram rules to `lprobs [N, V]` (fairseq order); `row_max [N]` is
+    each row's maximum length."""
     lprobs = lprobs.masked_fill(torch.isnan(lprobs), NEG_INF)
     lprobs[:, pad] = NEG_INF
     lprobs[:, unk] -= cfg.unkpen
-    row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
     at_max = step >= row_max  # force eos
     if bool(at_max.any()):
         eos_col = lprobs[:, eos].clone()
@@ -361,12 +361,11 @@ def _constrain(
 
 
 def _force_prefix(
-    lprobs: Tensor, prefix_tokens: Tensor, step: int, active: Tensor, max_len: List[int], beam: int, pad: int
+    lprobs: Tensor, prefix_tokens: Tensor, step: int, active: Tensor, row_max: Tensor, beam: int, pad: int
 ) -> Tensor:
     """Allow only the prefix token at `step` (its score unchanged); rows whose prefix entry is
     `pad`, or that reached their maximum length, stay free (fairseq `_prefix_tokens`)."""
     forced = prefix_tokens.to(lprobs.device)[active.to(lprobs.device), step].repeat_interleave(beam)  # [N]
-    row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
     apply = (forced != pad) & (step < row_max)
     kept = lprobs.gather(1, forced[:, None])
     only = torch.full_like(lprobs, NEG_INF).scatter_(1, forced[:, None], kept)
