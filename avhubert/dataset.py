@@ -5,7 +5,11 @@ video frames, filtering by size and label alignment (counted in the log), one cr
 shared by audio, video and frame labels, per-batch crop to the shortest (or pad to the longest
 with `pad_audio`). Feature math lives in `avhubert.features` (shared with clustering).
 Deviations (fixes): both manifest paths are resolved against the root; labels are read as
-UTF-8 bytes; missing files are skipped and counted at load; noise and crops use seeded RNGs.
+UTF-8 bytes; missing files are skipped and counted at load; every random choice (time-crop
+offset, image crop and flip, noise file and SNR) comes from a generator seeded by
+(seed, epoch, utterance index), so batches do not depend on the process, the global RNGs or the
+number of loader workers. fairseq calls `set_epoch` before it creates each epoch's loader
+(`can_reuse_epoch_itr_across_epochs` is False), so workers see the current epoch.
 """
 
 import logging
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["AVHubertDataset"]
 
 ALIGN_TOLERANCE_SEC = 0.1
+# salts separating the per-utterance random streams (one generator per decision)
+_SALT_VIDEO_AUG, _SALT_NOISE, _SALT_CROP = 1, 2, 3
 
 
 class AVHubertDataset(FairseqDataset):
@@ -152,7 +158,7 @@ class AVHubertDataset(FairseqDataset):
         return [int(i) for i in np.flatnonzero(ok)], {k: v for k, v in counts.items() if v}
 
     def _rng(self, index: int, salt: int) -> np.random.Generator:
-        """Per-item generator: reproducible for a given (seed, epoch, item)."""
+        """Per-item generator: a function of (seed, epoch, item, salt) only."""
         return np.random.default_rng([self.seed, self.epoch, index, salt])
 
     def load_feature(self, index: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -162,13 +168,14 @@ class AVHubertDataset(FairseqDataset):
         if "video" in self.modalities:
             frames = load_video(resolve(self.root, row.video))
             video = transform_video(
-                frames, self.image_aug, self.image_crop_size, self.image_mean, self.image_std, self._rng(index, 1)
+                frames, self.image_aug, self.image_crop_size, self.image_mean, self.image_std,
+                self._rng(index, _SALT_VIDEO_AUG),
             )[..., None]
         audio = None
         if "audio" in self.modalities:
             wav = read_wav(resolve(self.root, row.audio))
             if self.noise_prob > 0:
-                rng = self._rng(index, 2)
+                rng = self._rng(index, _SALT_NOISE)
                 if rng.random() < self.noise_prob:
                     wav = mix_noise(wav, self.noise_paths, read_wav, self.noise_snr, self.noise_num, rng)
             audio = audio_features(
@@ -191,12 +198,21 @@ class AVHubertDataset(FairseqDataset):
         return len(self.rows)
 
     # ------------------------------------------------------------------ batching
-    def crop_to_max_size(self, x: torch.Tensor, target: int, start: Optional[int] = None) -> Tuple[torch.Tensor, int]:
+    def crop_to_max_size(
+        self, x: torch.Tensor, target: int, start: Optional[int] = None, index: Optional[int] = None
+    ) -> Tuple[torch.Tensor, int]:
+        """Crop `x [T, ...]` to `target` steps from `start`, or from an offset drawn for item `index`
+        (seeded by (seed, epoch, index); 0 unless `random_crop`). Returns the crop and its start."""
         diff = len(x) - target
         if diff <= 0:
             return x, 0
         if start is None:
-            start = int(torch.randint(0, diff + 1, ())) if self.random_crop else 0
+            if not self.random_crop:
+                start = 0
+            elif index is None:
+                raise ValueError("random_crop: crop_to_max_size needs the item index (its offset is seeded per item)")
+            else:
+                start = int(self._rng(index, _SALT_CROP).integers(0, diff + 1))
         return x[start : start + target], start
 
     def collater(self, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -205,15 +221,16 @@ class AVHubertDataset(FairseqDataset):
             return {}
         streams = [s["audio_source"] if s["audio_source"] is not None else s["video_source"] for s in samples]
         sizes = [len(x) for x in streams]
+        ids = [int(s["id"]) for s in samples]
         size = min(max(sizes), self.max_sample_size) if self.pad_audio else min(min(sizes), self.max_sample_size)
         audio = video = None
         starts: Optional[List[int]] = None
         padding_mask = None
         if samples[0]["audio_source"] is not None:
-            audio, padding_mask, starts = self.collate_stream([s["audio_source"] for s in samples], size, None)
+            audio, padding_mask, starts = self.collate_stream([s["audio_source"] for s in samples], size, None, ids)
             audio = audio.transpose(1, 2)  # [B, T, F] -> [B, F, T]
         if samples[0]["video_source"] is not None:
-            video, padding_mask, starts = self.collate_stream([s["video_source"] for s in samples], size, starts)
+            video, padding_mask, starts = self.collate_stream([s["video_source"] for s in samples], size, starts, ids)
             video = video.permute(0, 4, 1, 2, 3).contiguous()  # [B, T, H, W, C] -> [B, C, T, H, W]
         targets_by_label = [[s["label_list"][i] for s in samples] for i in range(len(samples[0]["label_list"]))]
         targets, lengths, ntokens = self.collate_labels(targets_by_label, size, starts)
@@ -236,9 +253,10 @@ class AVHubertDataset(FairseqDataset):
         return batch
 
     def collate_stream(
-        self, xs: List[torch.Tensor], size: int, starts: Optional[List[int]]
+        self, xs: List[torch.Tensor], size: int, starts: Optional[List[int]], ids: Optional[List[int]] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
-        """Crop longer items (shared offsets), zero-pad shorter ones; padding mask True = pad.
+        """Crop longer items (given offsets, or offsets drawn per item id), zero-pad shorter ones;
+        padding mask True = pad.
 
         Assembled in NumPy: small torch ops in the loader wake torch's OpenMP pool and stall
         against the training threads on a 2-core machine.
@@ -247,7 +265,7 @@ class AVHubertDataset(FairseqDataset):
         padding_mask = np.zeros((len(xs), size), dtype=bool)
         new_starts = []
         for i, x in enumerate(xs):
-            x, start = self.crop_to_max_size(x, size, None if starts is None else starts[i])
+            x, start = self.crop_to_max_size(x, size, None if starts is None else starts[i], None if ids is None else ids[i])
             new_starts.append(start)
             out[i, : len(x)] = x.numpy()
             padding_mask[i, len(x) :] = True
