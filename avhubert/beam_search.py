@@ -20,10 +20,19 @@ Differences from the original, on purpose:
 - Joint CTC/attention scoring (`ctc_weight > 0`): the score of a token is
   `(1 - ctc_weight) * log p_att + ctc_weight * (log psi(prefix + token) - log psi(prefix))` with
   the CTC prefix probability psi (Watanabe et al. 2017), see `avhubert.modules.ctc.CTCPrefixScorer`.
+
+Language-model shallow fusion (`lm` given, fairseq `SequenceGenerator(lm_model=, lm_weight=)`):
+the score of a token is `log p_s2s + lm_weight * log p_LM`, added before the pad/unk/length rules
+exactly as fairseq does (so hypotheses, scores and positional scores are the fused ones). The
+LM sees the same prefix as the decoder (starting with bos) and keeps an incremental state that
+is reordered with the beams (fairseq recomputes the LM on the whole prefix every step: same
+numbers, quadratic cost). With joint CTC the LM term is added to the joint score
+(`(1 - ctc_weight) * att + ctc_weight * ctc + lm_weight * lm`, ESPnet's weighting).
 """
 
 import inspect
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
@@ -34,7 +43,7 @@ from torch import Tensor
 from avhubert.modules.ctc import CTCPrefixScorer, CTCPrefixState
 from avhubert.modules.decoder import unpack_encoder_out
 
-__all__ = ["BeamSearchConfig", "Hypothesis", "IncrementalDecoder", "reorder_encoder_out", "beam_search"]
+__all__ = ["BeamSearchConfig", "Hypothesis", "IncrementalDecoder", "LanguageModel", "reorder_encoder_out", "beam_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,7 @@ class BeamSearchConfig:
     max_target_positions: Optional[int] = None  # None: the decoder's `max_positions()` if it has one
     ctc_weight: float = 0.0
     ctc_pre_beam: int = 0  # >0: CTC-score only this many best attention candidates per hypothesis
+    lm_weight: float = 1.0  # shallow fusion weight when a language model is given (fairseq default)
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field."""
@@ -72,6 +82,8 @@ class BeamSearchConfig:
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.ctc_pre_beam < 0:
             raise ValueError(f"ctc_pre_beam must be >= 0, got {self.ctc_pre_beam}")
+        if not math.isfinite(self.lm_weight):
+            raise ValueError(f"lm_weight must be finite, got {self.lm_weight}")
 
     @classmethod
     def from_generation_cfg(cls, gen: Any, **overrides: Any) -> "BeamSearchConfig":
@@ -112,6 +124,17 @@ class IncrementalDecoder(Protocol):
 
     def reorder_incremental_state(self, incremental_state: Dict[str, Tensor], new_order: Tensor) -> Any:
         """Keep cache rows `new_order` (may also accept `reorder_encoder_cache: bool`)."""
+
+
+class LanguageModel(Protocol):
+    """What shallow fusion needs from a language model over the target dictionary
+    (`avhubert.sequence_generator.FairseqLMScorer` adapts a fairseq LM)."""
+
+    def __call__(self, tokens: Tensor, incremental_state: Dict[str, Any]) -> Tensor:
+        """`[N, U]` prefix (starting with bos) -> `[N, V]` log-probabilities of the next token."""
+
+    def reorder_incremental_state(self, incremental_state: Dict[str, Any], new_order: Tensor) -> None:
+        """Keep cache rows `new_order`."""
 
 
 def reorder_encoder_out(encoder_out: Mapping[str, Any], new_order: Tensor) -> EncoderOut:
@@ -168,6 +191,7 @@ def beam_search(
     ctc_log_probs: Optional[Tensor] = None,
     ctc_blank: int = 0,
     prefix_tokens: Optional[Tensor] = None,
+    lm: Optional[LanguageModel] = None,
 ) -> List[List[Hypothesis]]:
     """Beam search over a batch of encoder outputs.
 
@@ -182,6 +206,8 @@ def beam_search(
             `config.ctc_weight > 0`; `ctc_blank` is their blank index.
         prefix_tokens: `[B, P]` tokens every hypothesis must start with (fairseq `prefix_size`,
             e.g. a language tag); `pad` entries leave that step free.
+        lm: language model over the same dictionary for shallow fusion with weight
+            `config.lm_weight` (fairseq `lm_model`); it must be on the encoder output's device.
 
     Returns:
         for each utterance, `beam` hypotheses sorted by score (best first).
@@ -217,6 +243,7 @@ def beam_search(
     rows = active.repeat_interleave(beam).to(device)
     encoder_out = encoder_reorder(encoder_out, rows)
     state: Dict[str, Tensor] = {}
+    lm_state: Dict[str, Any] = {}
     tokens = torch.full((bsz * beam, 1), bos, dtype=torch.long, device=device)
     scores = torch.zeros(bsz * beam, device=device)
     pos_scores = torch.zeros(bsz * beam, 0, device=device)
@@ -229,6 +256,11 @@ def beam_search(
         logits, _ = decoder(tokens, encoder_out, state)
         lprobs = F.log_softmax(logits[:, -1, :].float() / cfg.temperature, dim=-1)  # [n * beam, V]
         vocab = lprobs.size(1)
+        lm_lprobs = None
+        if lm is not None:
+            lm_lprobs = _lm_scores(lm, tokens, lm_state, vocab, cfg.lm_weight).to(lprobs)  # [n * beam, V]
+            if scorer is None:  # fairseq order: fused before the search rules
+                lprobs = lprobs + lm_lprobs
         # each row's maximum length (rows of one utterance are adjacent)
         row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
         lprobs = _constrain(lprobs, tokens, step, row_max, eos, pad, unk, cfg)
@@ -237,6 +269,8 @@ def beam_search(
         ctc_cand = ctc_psi = ctc_r = None
         if scorer is not None and ctc_state is not None:
             lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active, beam, cfg)
+            if lm_lprobs is not None:
+                lprobs = lprobs + lm_lprobs.masked_fill(torch.isnan(lm_lprobs), NEG_INF)
 
         # candidates: [n, beam * V] cumulative scores; at step 0 all beams are equal, use the first
         cand = (scores[:, None] + lprobs).view(n, beam * vocab)
@@ -277,6 +311,8 @@ def beam_search(
             decoder.reorder_incremental_state(state, sel_row, reorder_encoder_cache=shrink)
         else:
             decoder.reorder_incremental_state(state, sel_row)
+        if lm is not None:
+            lm.reorder_incremental_state(lm_state, sel_row)
         if shrink:  # rows of one utterance share the encoder output: only removals need a reorder
             encoder_out = encoder_reorder(encoder_out, sel_row)
         if ctc_state is not None and ctc_cand is not None and ctc_psi is not None and ctc_r is not None:
@@ -331,6 +367,17 @@ def _finish(
             logger.warning("utterance %d: no hypothesis could end within %d tokens", sent, max_len[sent])
             row = s * beam + int(scores[s * beam : (s + 1) * beam].argmax())
             finalized[sent].append(hypothesis(row, NEG_INF, pos_scores.new_tensor(NEG_INF)))
+
+
+def _lm_scores(lm: LanguageModel, tokens: Tensor, lm_state: Dict[str, Any], vocab: int, weight: float) -> Tensor:
+    """`lm_weight * log p_LM(next | prefix)` as `[N, V]` (fairseq: `probs * lm_weight`, so an
+    impossible LM token stays impossible even at weight 0: -inf * 0 = nan -> -inf)."""
+    lm_lprobs = lm(tokens, lm_state)
+    if lm_lprobs.dim() != 2 or lm_lprobs.size(1) != vocab:
+        raise ValueError(
+            f"language model scores have shape {tuple(lm_lprobs.shape)}; expected [{tokens.size(0)}, {vocab}] "
+            "(the LM must use the target dictionary)")
+    return lm_lprobs.float() * weight
 
 
 def _constrain(

@@ -224,16 +224,25 @@ class AVHubertPretrainingTask(FairseqTask):
     # ------------------------------------------------------------- decoding
     def build_generator(self, models: List[Any], args: Any, seq_gen_cls: Any = None,
                         extra_gen_cls_kwargs: Optional[dict] = None, **kwargs: Any) -> Any:
-        """Our own generators (no copied fairseq code): beam search or CTC decoding."""
+        """Our own generators (no copied fairseq code): beam search or CTC decoding.
+
+        `extra_gen_cls_kwargs` may hold fairseq `SequenceGenerator`'s `lm_model` / `lm_weight`
+        (shallow fusion, as the original's infer_s2s passes them) and `BeamSearchConfig` fields."""
         from .beam_search import BeamSearchConfig
         from .model_asr import AVHubertCtc
         from .sequence_generator import CTCGenerator, Seq2SeqGenerator
 
-        if isinstance(models[0], AVHubertCtc):
-            return CTCGenerator(self.target_dictionary, beam=getattr(args, "beam", 1))
         extra = dict(extra_gen_cls_kwargs or {})
+        lm_model = extra.pop("lm_model", None)
+        lm_weight = extra.pop("lm_weight", None)
+        if isinstance(models[0], AVHubertCtc):
+            if lm_model is not None:
+                raise ValueError("language-model shallow fusion (lm_model / generation.lm_path) is implemented for "
+                                 "seq2seq models only; this is a CTC model (av_hubert_ctc)")
+            return CTCGenerator(self.target_dictionary, beam=getattr(args, "beam", 1))
         config = BeamSearchConfig.from_generation_cfg(args, **extra)
-        return Seq2SeqGenerator(self.target_dictionary, config)
+        return Seq2SeqGenerator(self.target_dictionary, config, lm_model=lm_model,
+                                lm_weight=None if lm_weight is None else float(lm_weight))
 
     def decode_tokens(self, tokens: torch.Tensor) -> str:
         """Target ids -> text (eos/pad/bos stripped, sentencepiece detokenised)."""
