@@ -12,6 +12,14 @@ re-creation (the loaded task keeps its dictionaries and tokenizer), long utteran
 dropped or cropped, output length bounded by encoder time steps, decoding without references,
 and several processes (`distributed_training.distributed_world_size/rank`) decode disjoint
 shards that the last one merges.
+
+Additions: `generation.lm_path=LM.pt generation.lm_weight=W` fuses a fairseq language model
+(e.g. `transformer_lm` trained with `fairseq-train --task language_modeling` on the training
+transcripts' sentencepiece pieces, with the target dictionary) into the beam search (shallow
+fusion; seq2seq models only); a warning when decoding with a modality the model was not
+fine-tuned with; `metrics.json` (WER, CER, utterances decoded and skipped with their reasons,
+training and decoding modalities, wall time), whose key facts also go into `wer.<fid>` and
+`decode.log`.
 """
 
 import hashlib
@@ -34,8 +42,10 @@ from omegaconf import MISSING, OmegaConf, open_dict
 if __package__ in (None, ""):  # run as a script: make the repository importable (no effect on library use)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avhubert.checkpoint import exit_on_checkpoint_error  # noqa: E402
+from avhubert.features.manifest import read_manifest, resolve  # noqa: E402
 from avhubert.model import AVHubertModel  # noqa: E402
-from avhubert.model_asr import CheckpointKindError  # noqa: E402
+from avhubert.model_asr import AVHubertCtc, CheckpointKindError  # noqa: E402
 from avhubert.scoring import ErrorCounts  # noqa: E402
 
 logger = logging.getLogger("avhubert.infer_s2s")
@@ -89,7 +99,8 @@ def _setup_logging(results_path: Path) -> logging.Handler:
 def load_finetuned(path: str, device: torch.device, fp16: bool):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found (common_eval.path)")
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
+    with exit_on_checkpoint_error():  # a refused or damaged file: one line, exit 1
+        models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path])
     model = models[0]
     if isinstance(model, AVHubertModel) or not saved_cfg.task.fine_tuning:
         raise CheckpointKindError(
@@ -99,6 +110,98 @@ def load_finetuned(path: str, device: torch.device, fp16: bool):
     if fp16:
         model.half()
     return model, saved_cfg, task
+
+
+def _lm_dictionary_path(path: str, lm_cfg: Any) -> Path:
+    """The LM's `dict.txt`: next to the checkpoint, else in the data directory it was trained on."""
+    candidates = [Path(path).resolve().parent / "dict.txt"]
+    data = lm_cfg.task.get("data", None) if lm_cfg.get("task", None) is not None else None
+    if data:
+        candidates.append(Path(str(data).split(os.pathsep)[0]) / "dict.txt")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"generation.lm_path={path}: cannot find the language model's dictionary (tried "
+        f"{', '.join(map(str, candidates))}); copy the dict.txt of its fairseq-preprocess output next to it")
+
+
+def load_language_model(path: str, tgt_dict: Any, device: torch.device, fp16: bool) -> torch.nn.Module:
+    """A fairseq language model for shallow fusion, loaded with the allow-list loader (no pickled
+    code runs); its dictionary must equal the model's target dictionary."""
+    from fairseq import tasks
+    from fairseq.data import Dictionary
+    from fairseq.models import FairseqLanguageModel
+
+    from avhubert.checkpoint import load_checkpoint
+    from avhubert.sequence_generator import check_lm_dictionary
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"language model {path} not found (generation.lm_path)")
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("cfg") is None or "model" not in state:
+        raise ValueError(f"generation.lm_path={path}: not a fairseq checkpoint with 'cfg' and 'model' entries")
+    lm_cfg = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+    task_name = lm_cfg.task.get("_name", None)
+    if task_name != "language_modeling":
+        raise ValueError(f"generation.lm_path={path}: a checkpoint of task {task_name!r}; shallow fusion needs a "
+                         "fairseq language model (fairseq-train --task language_modeling)")
+    dict_path = _lm_dictionary_path(path, lm_cfg)
+    check_lm_dictionary(Dictionary.load(str(dict_path)), tgt_dict, where=f"language model {path} ({dict_path})")
+    with open_dict(lm_cfg):
+        lm_cfg.task.data = str(dict_path.parent)
+    lm_task = tasks.setup_task(lm_cfg.task)
+    lm = lm_task.build_model(lm_cfg.model)
+    if not isinstance(lm, FairseqLanguageModel):
+        raise ValueError(f"generation.lm_path={path}: {type(lm).__name__} is not a fairseq language model")
+    lm.load_state_dict(state["model"], strict=True, model_cfg=lm_cfg.model)
+    lm.eval().to(device)
+    if fp16:
+        lm.half()
+    logger.info("language model %s (%s, %d parameters, dictionary %s)", path, lm_cfg.model.get("_name"),
+                sum(p.numel() for p in lm.parameters()), dict_path)
+    return lm
+
+
+def training_modalities(saved_cfg: Any) -> Optional[List[str]]:
+    """The modalities the checkpoint's task was trained (fine-tuned) with, if recorded."""
+    mods = saved_cfg.task.get("modalities", None) if saved_cfg.get("task", None) is not None else None
+    return None if mods is None else [str(m) for m in mods]
+
+
+def check_modalities(trained: Optional[List[str]], decoding: List[str]) -> List[str]:
+    """Warn loudly about decoding modalities the model was not fine-tuned with; returns them."""
+    if trained is None:
+        logger.warning("the checkpoint does not record its training modalities (task.modalities)")
+        return []
+    unseen = sorted(set(decoding) - set(trained))
+    if unseen:
+        logger.warning(
+            "\n%s\nDECODING WITH %s, WHICH THIS MODEL WAS NOT FINE-TUNED WITH: it was fine-tuned with %s, "
+            "decoding uses %s. Expect poor results; pass override.modalities=%s to decode as trained.\n%s",
+            "!" * 100, " AND ".join(m.upper() for m in unseen), trained, decoding, "[" + ",".join(trained) + "]",
+            "!" * 100)
+    return unseen
+
+
+def skipped_utterances(task: Any, split: str, dataset: Any) -> List[Dict[str, str]]:
+    """Manifest rows the dataset left out, with the reason (a missing file of a decoded modality)."""
+    manifest = Path(task.cfg.data) / f"{split}.tsv"
+    root, rows = read_manifest(manifest)
+    kept = {r.id for r in dataset.rows}
+    mods = list(task.cfg.modalities)
+    out = []
+    for r in rows:
+        if r.id in kept:
+            continue
+        reason = "filtered by the dataset (size or label alignment)"
+        for m in mods:
+            p = r.video if m == "video" else r.audio
+            if p is None or not os.path.isfile(resolve(root, p) or ""):
+                reason = f"missing {m} file {p}"
+                break
+        out.append({"id": r.id, "reason": reason})
+    return out
 
 
 def configure_task(task: Any, cfg: Any) -> None:
@@ -144,11 +247,27 @@ def decode(cfg: Any) -> Dict[str, Any]:
         utils.import_user_module(cfg.common)
         use_cuda = torch.cuda.is_available() and not cfg.common.cpu
         device = torch.device("cuda" if use_cuda else "cpu")
+        wall_start = time.perf_counter()
         model, saved_cfg, task = load_finetuned(cfg.common_eval.path, device, cfg.common.fp16 and use_cuda)
+        trained = training_modalities(saved_cfg)
         configure_task(task, cfg)
+        decoding = list(task.cfg.modalities)
+        unseen = check_modalities(trained, decoding)
+        logger.info("modalities: decoding with %s; fine-tuned with %s", decoding, trained)
+        lm = None
+        if cfg.generation.lm_path:
+            if isinstance(model, AVHubertCtc):
+                raise ValueError(f"generation.lm_path={cfg.generation.lm_path}: language-model shallow fusion is "
+                                 "implemented for seq2seq models only; this is a CTC model (av_hubert_ctc)")
+            lm = load_language_model(cfg.generation.lm_path, task.target_dictionary, device, cfg.common.fp16 and use_cuda)
+            if cfg.generation.lm_weight == 0:
+                logger.warning("generation.lm_weight=0: the language model does not change the scores")
         split = cfg.dataset.gen_subset
         task.load_dataset(split)
         dataset = task.dataset(split)
+        skipped = skipped_utterances(task, split, dataset)
+        for item in skipped:
+            logger.warning("skipped %s: %s", item["id"], item["reason"])
         world = max(1, cfg.distributed_training.distributed_world_size or 1)
         rank = cfg.distributed_training.distributed_rank or 0
         itr = task.get_batch_iterator(
@@ -157,7 +276,9 @@ def decode(cfg: Any) -> Dict[str, Any]:
             required_batch_size_multiple=1, seed=cfg.common.seed, num_shards=world, shard_id=rank,
             num_workers=cfg.dataset.num_workers,
         ).next_epoch_itr(shuffle=False)
-        extra = {"ctc_weight": cfg.override.ctc_weight} if cfg.override.ctc_weight > 0 else None
+        extra: Dict[str, Any] = {"ctc_weight": cfg.override.ctc_weight} if cfg.override.ctc_weight > 0 else {}
+        if lm is not None:
+            extra.update(lm_model=lm, lm_weight=cfg.generation.lm_weight)
         generator = task.build_generator([model], cfg.generation, extra_gen_cls_kwargs=extra)
         rows: List[Dict[str, Any]] = []
         start = time.perf_counter()
@@ -184,7 +305,11 @@ def decode(cfg: Any) -> Dict[str, Any]:
         elapsed = time.perf_counter() - start
         logger.info("decoded %d utterances in %.1f s (%.2f utt/s) on %s", len(rows), elapsed, len(rows) / max(elapsed, 1e-9), device)
         fid = generation_fid(cfg)
-        return write_outputs(results, fid, rows, cfg, world, rank)
+        run = {"modalities": {"decoded": decoding, "fine_tuned": trained, "not_fine_tuned_with": unseen},
+               "skipped": skipped, "num_in_manifest": len(dataset) + len(skipped), "decode_time_s": elapsed,
+               "wall_time_s": time.perf_counter() - wall_start, "device": str(device),
+               "lm": {"path": cfg.generation.lm_path, "weight": cfg.generation.lm_weight} if lm is not None else None}
+        return write_outputs(results, fid, rows, cfg, world, rank, run)
     finally:
         pkg = logging.getLogger("avhubert")
         pkg.removeHandler(handler)
@@ -198,15 +323,24 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any, world: int, rank: int) -> Dict[str, Any]:
-    """Write this shard; when every shard of a multi-process run is there, merge them."""
+def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any, world: int, rank: int,
+                  run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write this shard; when every shard of a multi-process run is there, merge them.
+    `run`: facts about the run for `metrics.json` (modalities, skipped utterances, timing)."""
+    run = dict(run or {})
     if world > 1:
+        _atomic_write(results / f"decode.shard{rank}of{world}.meta.json", json.dumps(run))
         _atomic_write(results / f"decode.shard{rank}of{world}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         shards = [results / f"decode.shard{r}of{world}.jsonl" for r in range(world)]
         if not all(p.is_file() for p in shards):
             logger.info("shard %d/%d written; the last process to finish merges", rank, world)
-            return {"fid": fid, "num_utts": len(rows), "wer": None, "cer": None, "results_path": str(results)}
+            return {"fid": fid, "num_utts": len(rows), "wer": None, "cer": None, "results_path": str(results),
+                    "num_skipped": len(run.get("skipped", []))}
         rows = [json.loads(line) for p in shards for line in p.read_text(encoding="utf-8").splitlines()]
+        metas = [results / f"decode.shard{r}of{world}.meta.json" for r in range(world)]
+        times = [json.loads(p.read_text())["decode_time_s"] for p in metas if p.is_file()]
+        if times:  # shards run side by side: the slowest one bounds the run
+            run["decode_time_s"] = max(times)
     counts = ErrorCounts()
     have_refs = bool(rows) and all(r["ref"] is not None for r in rows)
     if have_refs:
@@ -215,14 +349,42 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
     _atomic_write(results / "decode.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     hypo = {"utt_id": [r["id"] for r in rows], "ref": [r["ref"] for r in rows], "hypo": [r["hyp"] for r in rows]}
     _atomic_write(results / f"hypo-{fid}.json", json.dumps(hypo, indent=4, ensure_ascii=False))
+    skipped = run.get("skipped", [])
+    total = len(rows) + len(skipped)
+    coverage = f"{len(rows)} of {total} utterances decoded"
+    if skipped:
+        coverage += f"; {len(skipped)} SKIPPED: " + ", ".join(f"{s['id']} ({s['reason']})" for s in skipped[:10])
+        coverage += " ..." if len(skipped) > 10 else ""
+    mods = run.get("modalities", {})
+    modality_line = f"modalities: decoded with {mods.get('decoded')}, fine-tuned with {mods.get('fine_tuned')}"
+    if mods.get("not_fine_tuned_with"):
+        modality_line += f"  WARNING: the model was not fine-tuned with {mods['not_fine_tuned_with']}"
     wer = cer = None
     if have_refs:
         wer, cer = counts.wer, counts.cer
-        text = (f"WER: {wer}\nerr / num_ref_words = {counts.word_errors} / {counts.ref_words}\n\n"
+        # lines 1-2 keep the original's format (`WER: x`, `err / num_ref_words = e / n`)
+        text = (f"WER: {wer}\nerr / num_ref_words = {counts.word_errors} / {counts.ref_words}\n{coverage}\n{modality_line}\n\n"
                 f"{OmegaConf.to_yaml(cfg.generation)}\nCER: {cer}\nerr / num_ref_chars = {counts.char_errors} / {counts.ref_chars}\n")
         _atomic_write(results / f"wer.{fid}", text)
-        logger.info("WER: %.3f  CER: %.3f  (%d utterances) -> %s", wer, cer, len(rows), results / f"wer.{fid}")
-    return {"fid": fid, "num_utts": len(rows), "wer": wer, "cer": cer, "results_path": str(results)}
+        logger.info("WER: %.3f  CER: %.3f  (%s) -> %s", wer, cer, coverage, results / f"wer.{fid}")
+    else:
+        logger.info("%s (no references: no WER)", coverage)
+    logger.info("%s", modality_line)
+    decode_time = run.get("decode_time_s")
+    metrics = {
+        "wer": wer, "cer": cer,
+        "word_errors": counts.word_errors if have_refs else None, "ref_words": counts.ref_words if have_refs else None,
+        "char_errors": counts.char_errors if have_refs else None, "ref_chars": counts.ref_chars if have_refs else None,
+        "num_utts": len(rows), "num_skipped": len(skipped), "num_in_manifest": total, "skipped": skipped,
+        "modalities": mods or None, "subset": cfg.dataset.gen_subset, "checkpoint": cfg.common_eval.path,
+        "noise": {"wav": cfg.override.noise_wav, "prob": cfg.override.noise_prob, "snr": cfg.override.noise_snr},
+        "lm": run.get("lm"), "fid": fid, "world_size": world, "device": run.get("device"),
+        "decode_time_s": decode_time, "wall_time_s": run.get("wall_time_s"),
+        "utt_per_s": (len(rows) / decode_time) if decode_time else None,
+    }
+    _atomic_write(results / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return {"fid": fid, "num_utts": len(rows), "wer": wer, "cer": cer, "results_path": str(results),
+            "num_skipped": len(skipped)}
 
 
 def prepare_config(cfg: Any) -> Any:

@@ -23,6 +23,7 @@ from fairseq.models import BaseFairseqModel, FairseqEncoder, register_model
 from omegaconf import II, MISSING, DictConfig, open_dict
 from torch import nn
 
+from .checkpoint import exit_on_checkpoint_error
 from .model import MASKING_DISTRIBUTION_CHOICES, AVHubertModel
 from .modules.decoder import build_decoder_from_cfg
 
@@ -117,7 +118,8 @@ def build_pretrained_encoder(cfg: AVHubertAsrConfig, task: Any) -> AVHubertModel
     }
     state = None
     if cfg.w2v_args is None:
-        state = checkpoint_utils.load_checkpoint_to_cpu(cfg.w2v_path)
+        with exit_on_checkpoint_error():  # a refused or damaged w2v_path: one line, exit 1
+            state = checkpoint_utils.load_checkpoint_to_cpu(cfg.w2v_path)
         w2v_args = _as_omegaconf(state.get("cfg") or state.get("args"))
         with open_dict(cfg):
             cfg.w2v_args = w2v_args
