@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from avhubert.features.manifest import ManifestRow, resolve
-from clustering.shards import dump_feature_shard
+from clustering.shards import NonFiniteFeatureError, dump_feature_shard
 
 logger = logging.getLogger(__name__)
 
@@ -260,12 +260,17 @@ def dump_hubert_shard(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> bool:
-    """Dump one shard of layer-`layer` features; returns False when it was already done."""
+    """Dump one shard of layer-`layer` features; returns False when it was already done.
+
+    NaN/inf features (a diverged checkpoint) raise `NonFiniteFeatureError` naming the
+    utterances, unless `allow_nonfinite` (see `clustering.shards.dump_feature_shard`).
+    """
     reader = AVHubertFeatureReader(ckpt_path, layer, max_chunk, user_dir, device, modalities, batch_frames)
     return dump_feature_shard(
         lambda items: reader.iter_feats(items, num_workers), tsv_dir, split, nshard, rank, feat_dir,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -287,17 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="input-loading processes")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-nonfinite", action="store_true", help="write NaN/inf features (counted) instead of stopping")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    done = dump_hubert_shard(
-        args.tsv_dir, args.split, args.ckpt_path, args.layer, args.nshard, args.rank, args.feat_dir,
-        args.max_chunk, args.user_dir, args.device, args.modalities, args.batch_frames, args.num_workers,
-        args.overwrite, not args.no_progress,
-    )
+    try:
+        done = dump_hubert_shard(
+            args.tsv_dir, args.split, args.ckpt_path, args.layer, args.nshard, args.rank, args.feat_dir,
+            args.max_chunk, args.user_dir, args.device, args.modalities, args.batch_frames, args.num_workers,
+            args.overwrite, not args.no_progress, args.keep_nonfinite,
+        )
+    except NonFiniteFeatureError as e:
+        logger.error("%s", e)
+        return 1
     logger.info("done: %s", "written" if done else "skipped (finished before)")
     return 0
 

@@ -47,7 +47,7 @@ import soundfile as sf
 import torch
 
 from avhubert.features.manifest import ManifestRow, resolve
-from clustering.shards import dump_feature_shard
+from clustering.shards import NonFiniteFeatureError, dump_feature_shard
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +223,17 @@ def dump_mfcc_shard(
     dither: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> bool:
-    """Dump one MFCC shard; returns False when it was already done."""
+    """Dump one MFCC shard; returns False when it was already done.
+
+    NaN/inf features (a float wav holding NaN samples) raise `NonFiniteFeatureError` naming the
+    utterances, unless `allow_nonfinite` (see `clustering.shards.dump_feature_shard`).
+    """
     reader = MfccFeatureReader(sample_rate, dither)
     return dump_feature_shard(
-        reader.iter_feats, tsv_dir, split, nshard, rank, feat_dir, dim=MFCC_DIM, overwrite=overwrite, progress=progress
+        reader.iter_feats, tsv_dir, split, nshard, rank, feat_dir, dim=MFCC_DIM, overwrite=overwrite, progress=progress,
+        allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -242,16 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dither", type=float, default=0.0, help="Kaldi dither (reference: 0)")
     p.add_argument("--overwrite", action="store_true", help="redo a finished shard")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-nonfinite", action="store_true", help="write NaN/inf features (counted) instead of stopping")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    done = dump_mfcc_shard(
-        args.tsv_dir, args.split, args.nshard, args.rank, args.feat_dir,
-        args.sample_rate, args.dither, args.overwrite, not args.no_progress,
-    )
+    try:
+        done = dump_mfcc_shard(
+            args.tsv_dir, args.split, args.nshard, args.rank, args.feat_dir,
+            args.sample_rate, args.dither, args.overwrite, not args.no_progress, args.keep_nonfinite,
+        )
+    except NonFiniteFeatureError as e:
+        logger.error("%s", e)
+        return 1
     logger.info("done: %s", "written" if done else "skipped (finished before)")
     return 0
 

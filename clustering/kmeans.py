@@ -212,6 +212,11 @@ def lloyd(
                 far_d, far_x = far_d[keep], far_x[keep]
         if n == 0:
             raise ValueError("no data to cluster")
+        if not math.isfinite(total):  # NaN/inf rows would silently poison every centroid
+            raise FloatingPointError(
+                f"lloyd pass {n_iter}: non-finite distances; the features hold NaN/inf rows or values too large "
+                "for float32 (learn_kmeans checks its input: see --skip-nonfinite)"
+            )
         empty = (counts == 0).nonzero().flatten()
         new_centers = (sums / counts.clamp_min(1)[:, None]).float()
         if empty.numel():

@@ -17,6 +17,12 @@ Backends (`--backend`):
 `--percent p` (0 < p <= 1) loads `ceil(p * n_utts)` random utterances per shard (seeded);
 `p < 0` uses all frames (the fast backend streams them from the memory-mapped shards; sklearn
 needs them in memory). Rerunning skips a finished model (marker `.kmeans.<km name>.done`).
+
+Non-finite features: the frames used (all, or the sampled utterances) are checked first; NaN/inf
+rows stop the step with a `NonFiniteFeatureError` naming each shard file, the row ranges and the
+utterances (ids when `--tsv-dir` gives the manifest, else manifest row numbers). With
+`--skip-nonfinite` those rows are dropped (count logged; a shard with dropped rows is copied into
+memory). The centroids are checked finite before the model is written.
 """
 
 import argparse
@@ -31,34 +37,81 @@ import joblib
 import numpy as np
 
 from clustering.kmeans import DEFAULT_LLOYD_TOL, fit_kmeans, inertia
-from clustering.shards import is_done, load_feature_shard, mark_done
+from clustering.shards import (
+    NonFiniteFeatureError,
+    describe_nonfinite,
+    is_done,
+    load_feature_shard,
+    mark_done,
+    nonfinite_rows,
+    read_shard_rows,
+    shard_name,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_features", "learn_kmeans", "save_model", "build_parser", "main"]
 
 
-def load_features(feat_dir: str, split: str, nshard: int, percent: float = -1.0, seed: int = 0) -> List[np.ndarray]:
-    """Features of all shards, one array per non-empty shard.
+def load_features(
+    feat_dir: str,
+    split: str,
+    nshard: int,
+    percent: float = -1.0,
+    seed: int = 0,
+    skip_nonfinite: bool = False,
+    tsv_dir: Optional[str] = None,
+) -> List[np.ndarray]:
+    """Features of all shards, one array per non-empty shard, checked finite.
 
     `percent < 0`: the memory-mapped shards themselves; else an in-memory float32 sample of
     `ceil(percent * n_utts)` whole utterances per shard (same selection for the same seed).
+    Rows with NaN/inf raise `NonFiniteFeatureError` (all shards are checked first, so the message
+    lists every bad shard), or are dropped when `skip_nonfinite`. `tsv_dir` (holding
+    `{split}.tsv`) lets the message name utterance ids.
     """
     if percent == 0 or percent > 1:
         raise ValueError(f"percent must be in (0, 1] or negative (all frames), got {percent}")
     rng = np.random.default_rng(seed)
     out = []
+    problems: List[str] = []
+    dropped = first_utt = 0
     for rank in range(nshard):
         feats, lens = load_feature_shard(feat_dir, split, rank, nshard)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        used = None  # shard row of each loaded row (None: all rows, in order)
         if percent > 0 and len(lens):
             pick = np.sort(rng.choice(len(lens), size=math.ceil(len(lens) * percent), replace=False))
-            offsets = np.concatenate([[0], np.cumsum(lens)])
+            used = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in pick])
             feats = np.concatenate([feats[offsets[i] : offsets[i + 1]] for i in pick]).astype(np.float32)
+        bad = nonfinite_rows(feats)
+        if bad.size:
+            ids = None
+            if tsv_dir is not None:
+                ids = [r.id for r in read_shard_rows(Path(tsv_dir) / f"{split}.tsv", nshard, rank)[1]]
+            npy = Path(feat_dir) / f"{shard_name(split, rank, nshard)}.npy"
+            problems.append(describe_nonfinite(npy, bad if used is None else used[bad], lens, ids, first_utt))
+            if skip_nonfinite:
+                keep = np.ones(feats.shape[0], dtype=bool)
+                keep[bad] = False
+                feats = np.asarray(feats[keep], dtype=np.float32)
+                dropped += int(bad.size)
+        first_utt += len(lens)
         if feats.shape[0]:
             out.append(feats)
+    if problems and not skip_nonfinite:
+        raise NonFiniteFeatureError(
+            "; ".join(problems) + ". Redo the feature dump (a diverged checkpoint gives NaN features), "
+            "or pass --skip-nonfinite to drop these frames"
+        )
+    for p in problems:
+        logger.warning("dropped (--skip-nonfinite): %s", p)
     if not out:
         raise ValueError(f"no frames in {feat_dir}/{split}_*_{nshard}.npy")
-    logger.info("loaded %d frames of dim %d from %d shards", sum(f.shape[0] for f in out), out[0].shape[1], nshard)
+    logger.info(
+        "loaded %d frames of dim %d from %d shards%s", sum(f.shape[0] for f in out), out[0].shape[1], nshard,
+        f"; dropped {dropped} non-finite frames" if skip_nonfinite else "",
+    )
     return out
 
 
@@ -97,15 +150,21 @@ def learn_kmeans(
     warm_size: Optional[int] = None,
     warm_inits: int = 3,
     overwrite: bool = False,
+    skip_nonfinite: bool = False,
+    tsv_dir: Optional[str] = None,
 ) -> Optional[float]:
-    """Fit and save the model; returns the inertia per frame on the training frames (None if skipped)."""
+    """Fit and save the model; returns the inertia per frame on the training frames (None if skipped).
+
+    Raises `NonFiniteFeatureError` on NaN/inf features (unless `skip_nonfinite`: dropped) and
+    `FloatingPointError` (nothing written) when the fitted centroids are not finite.
+    """
     km = Path(km_path)
     marker = km.with_name(f".kmeans.{km.name}.done")
     if not overwrite and is_done(marker, [km]):
         logger.info("skip: %s already done (%s)", km, marker.name)
         return None
     marker.unlink(missing_ok=True)
-    feats = load_features(feat_dir, split, nshard, percent, seed)
+    feats = load_features(feat_dir, split, nshard, percent, seed, skip_nonfinite, tsv_dir)
     start = time.perf_counter()
     if backend == "fast":
         model: object = fit_kmeans(
@@ -124,6 +183,10 @@ def learn_kmeans(
     else:
         raise ValueError(f"unknown backend {backend!r} (fast or sklearn)")
     elapsed = time.perf_counter() - start
+    centers = np.asarray(model.cluster_centers_)
+    if not np.isfinite(centers).all():
+        bad = int((~np.isfinite(centers).all(axis=1)).sum())
+        raise FloatingPointError(f"{km}: {bad} of {centers.shape[0]} centroids are NaN/inf; model not written")
     save_model(model, km)
     mark_done(marker)
     total, n = inertia(feats, model.cluster_centers_, device=device)
@@ -154,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-size", type=int, default=None, help="fast: frames sampled for the warm start")
     p.add_argument("--warm-inits", type=int, default=3, help="fast: best seedings refined on the warm sample")
     p.add_argument("--overwrite", action="store_true", help="refit even if the model is done")
+    p.add_argument("--skip-nonfinite", action="store_true", help="drop NaN/inf frames (counted) instead of stopping")
+    p.add_argument("--tsv-dir", default=None, help="directory with {split}.tsv: error messages name utterance ids")
     return p
 
 
@@ -161,7 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
     opts = vars(args)
-    learn_kmeans(**opts)
+    try:
+        learn_kmeans(**opts)
+    except (NonFiniteFeatureError, FloatingPointError) as e:
+        logger.error("%s", e)
+        return 1
     return 0
 
 

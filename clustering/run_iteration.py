@@ -10,8 +10,11 @@ Stages (`--stage`/`--stop-stage`; every shard step is resumable, see `clustering
    against the video durations with the dataset's 0.1 s rule) and `{out}/dict.{ext}.txt`
    (ids 0..K-1, count 10000); `--label-ext mfcc` gives the naming iteration-1 configs expect.
 
-Jobs run in this process, in a local process pool (`--num-workers N`), or on Slurm through
-submitit when `--slurm-partition` is given. Examples:
+Jobs run in this process, in a local process pool (`--num-workers N`; the workers exit when this
+process dies, `preparation.procs`), or on Slurm through submitit when `--slurm-partition` is
+given. NaN/inf features stop the iteration with the shard, rows and utterance ids;
+`--skip-nonfinite` keeps them in the feature shards, drops them from k-means and labels them
+after zero-filling (`clustering.dump_km_label`), with counts in the log. Examples:
 
     python -m clustering.run_iteration --tsv-dir data --out-dir labels/iter1 --feature mfcc \\
         --n-clusters 100 --nshard 4 --label-ext mfcc --num-workers 2
@@ -39,6 +42,8 @@ import torch
 from avhubert.features.manifest import read_manifest
 from clustering.kmeans import DEFAULT_LLOYD_TOL
 from clustering.merge import merge_labels, write_cluster_dict
+from clustering.shards import NonFiniteFeatureError
+from preparation.procs import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class IterationConfig:
     max_chunk: int = 1_600_000
     user_dir: Optional[str] = None
     overwrite: bool = False
+    skip_nonfinite: bool = False
 
     @property
     def feat_dir(self) -> str:
@@ -102,7 +108,10 @@ def feature_job(cfg: IterationConfig, split: str, nshard: int, rank: int) -> boo
     if cfg.feature == "mfcc":
         from clustering.dump_mfcc_feature import dump_mfcc_shard
 
-        return dump_mfcc_shard(cfg.tsv_dir, split, nshard, rank, cfg.feat_dir, overwrite=cfg.overwrite, progress=False)
+        return dump_mfcc_shard(
+            cfg.tsv_dir, split, nshard, rank, cfg.feat_dir, overwrite=cfg.overwrite, progress=False,
+            allow_nonfinite=cfg.skip_nonfinite,
+        )
     if cfg.feature == "avhubert":
         from clustering.dump_hubert_feature import dump_hubert_shard
 
@@ -111,6 +120,7 @@ def feature_job(cfg: IterationConfig, split: str, nshard: int, rank: int) -> boo
         return dump_hubert_shard(
             cfg.tsv_dir, split, cfg.ckpt, cfg.layer, nshard, rank, cfg.feat_dir, cfg.max_chunk, cfg.user_dir,
             cfg.device, cfg.modalities, cfg.batch_frames, cfg.loader_workers, cfg.overwrite, progress=False,
+            allow_nonfinite=cfg.skip_nonfinite,
         )
     raise ValueError(f"unknown feature {cfg.feature!r} (mfcc or avhubert)")
 
@@ -122,7 +132,8 @@ def kmeans_job(cfg: IterationConfig) -> Optional[float]:
     return learn_kmeans(
         cfg.feat_dir, cfg.train_split, cfg.nshard, cfg.km_path, cfg.n_clusters, seed=cfg.seed, percent=cfg.percent,
         init=cfg.init, max_iter=cfg.max_iter, batch_size=cfg.batch_size, n_init=cfg.n_init, backend=cfg.backend,
-        device=cfg.device, lloyd_tol=cfg.lloyd_tol, overwrite=cfg.overwrite,
+        device=cfg.device, lloyd_tol=cfg.lloyd_tol, overwrite=cfg.overwrite, skip_nonfinite=cfg.skip_nonfinite,
+        tsv_dir=cfg.tsv_dir,
     )
 
 
@@ -130,11 +141,15 @@ def label_job(cfg: IterationConfig, split: str, nshard: int, rank: int) -> bool:
     """Stage 3 for one shard."""
     from clustering.dump_km_label import dump_km_label
 
-    return dump_km_label(cfg.feat_dir, split, cfg.km_path, nshard, rank, cfg.shard_lab_dir, cfg.device, cfg.overwrite, progress=False)
+    return dump_km_label(
+        cfg.feat_dir, split, cfg.km_path, nshard, rank, cfg.shard_lab_dir, cfg.device, cfg.overwrite, progress=False,
+        skip_nonfinite=cfg.skip_nonfinite, tsv_dir=cfg.tsv_dir,
+    )
 
 
 # ---------------------------------------------------------------------- executors
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # an OOM-killed driver must not leave its workers running
     torch.set_num_threads(threads)
 
 
@@ -149,7 +164,8 @@ class LocalRunner:
             return [fn(*a) for a in arg_lists]
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         with ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(threads, os.getpid()),
         ) as pool:
             futures = [pool.submit(fn, *a) for a in arg_lists]
             return [f.result() for f in futures]  # re-raises a job's exception
@@ -248,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, default=1)
     p.add_argument("--stop-stage", type=int, default=4)
     p.add_argument("--overwrite", action="store_true", help="redo finished shards and the k-means model")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="keep NaN/inf features, drop them from k-means, label them after zero-filling (counted)")
     p.add_argument("--slurm-partition", "--slurm_partition", dest="slurm_partition", default=None)
     p.add_argument("--slurm-timeout-min", type=int, default=240)
     p.add_argument("--slurm-gpus", type=int, default=0)
@@ -273,7 +291,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     else:
         runner = LocalRunner(args.num_workers)
-    run_iteration(cfg, runner, args.stage, args.stop_stage)
+    try:
+        run_iteration(cfg, runner, args.stage, args.stop_stage)
+    except (NonFiniteFeatureError, FloatingPointError) as e:
+        logger.error("%s", e)
+        return 1
     return 0
 
 

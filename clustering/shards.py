@@ -15,6 +15,11 @@ shard is allowed and yields empty outputs.
 Resumability: every output is written to `<path>.tmp` and renamed; a shard is finished when its
 marker `.{step}.{split}_{rank}_{nshard}.done` exists next to the outputs. A rerun skips finished
 shards and redoes any other (a leftover `.tmp` is never taken as output).
+
+Non-finite features (NaN or inf, e.g. from a diverged checkpoint or a float wav holding NaN samples)
+are refused where they appear: the feature dump stops before the shard is written
+(`NonFiniteFeatureError` names the shard file, the row ranges and the utterance ids) unless
+`allow_nonfinite` is set; `learn_kmeans` and `dump_km_label` check again (`--skip-nonfinite`).
 """
 
 import logging
@@ -42,10 +47,71 @@ __all__ = [
     "read_lengths",
     "load_feature_shard",
     "dump_feature_shard",
+    "NonFiniteFeatureError",
+    "nonfinite_rows",
+    "format_row_ranges",
+    "describe_nonfinite",
 ]
 
 # Fixed .npy header size so the shape can be rewritten in place once all frames are appended.
 _NPY_HEADER_BYTES = 128
+# A feature dump stops after this many utterances with non-finite features (a diverged checkpoint
+# makes every utterance NaN: no need to encode the whole shard to say so).
+MAX_NONFINITE_UTTS = 10
+# Rows checked for non-finite values per step (bounds the temporary boolean array).
+CHECK_ROWS = 1 << 18
+
+
+class NonFiniteFeatureError(ValueError):
+    """Features with NaN or infinite values; the message names the file, rows and utterances."""
+
+
+def nonfinite_rows(feats: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """Indices (plus `first_row`) of the rows of `[N, D]` `feats` holding a NaN or inf, int64 `[n]`.
+
+    Reads `feats` (e.g. a memory map) in blocks of `CHECK_ROWS` rows.
+    """
+    bad = []
+    for start in range(0, feats.shape[0], CHECK_ROWS):
+        block = np.asarray(feats[start : start + CHECK_ROWS])
+        rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if rows.size:
+            bad.append(rows + start + first_row)
+    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, dtype=np.int64)
+
+
+def format_row_ranges(rows: np.ndarray, limit: int = 8) -> str:
+    """`"100-109, 250"` for sorted row indices (the first `limit` contiguous runs, then a count)."""
+    if rows.size == 0:
+        return "none"
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit])
+    return text + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
+
+
+def describe_nonfinite(
+    path: str | os.PathLike,
+    bad_rows: np.ndarray,
+    lens: np.ndarray,
+    ids: Optional[Sequence[str]] = None,
+    first_utt: int = 0,
+    limit: int = 10,
+) -> str:
+    """One line: `path`, how many rows (which ranges) of which utterances are non-finite.
+
+    `bad_rows` are sorted row indices into the shard, `lens` the shard's frames per utterance,
+    `ids` its utterance ids (if known; else utterances are named by manifest row, the shard's
+    first utterance being manifest row `first_utt`).
+    """
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    utts = np.unique(np.searchsorted(offsets, bad_rows, side="right") - 1)
+    names = [repr(ids[u]) if ids is not None else f"manifest row {first_utt + int(u)}" for u in utts[:limit]]
+    more = f" and {len(utts) - limit} more" if len(utts) > limit else ""
+    return (
+        f"{path}: {bad_rows.size} of {int(offsets[-1])} rows have NaN/inf features (rows {format_row_ranges(bad_rows)}) "
+        f"in {len(utts)} utterances: {', '.join(names)}{more}"
+    )
 
 
 def shard_name(split: str, rank: int, nshard: int) -> str:
@@ -169,12 +235,16 @@ def dump_feature_shard(
     dim: Optional[int] = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> bool:
     """Write `{split}_{rank}_{nshard}.npy/.len` for one shard; returns False when skipped as done.
 
     `extract(items)` receives `(root, row)` pairs of the shard in manifest order and yields one
     float32 `[T_i, D]` array per item in the same order (it may batch internally). Output is
-    streamed: memory holds only what `extract` keeps.
+    streamed: memory holds only what `extract` keeps. An utterance with NaN/inf features stops
+    the dump (after at most `MAX_NONFINITE_UTTS` such utterances; nothing is written) with a
+    `NonFiniteFeatureError` naming them, unless `allow_nonfinite` (then they are written and
+    counted in a warning, for `learn_kmeans`/`dump_km_label --skip-nonfinite`).
     """
     feat_dir = Path(feat_dir)
     feat_dir.mkdir(parents=True, exist_ok=True)
@@ -188,13 +258,32 @@ def dump_feature_shard(
     root, rows = read_shard_rows(Path(tsv_dir) / f"{split}.tsv", nshard, rank)
     items = [(root, r) for r in rows]
     lengths: List[int] = []
+    bad_rows: List[np.ndarray] = []  # shard row indices of non-finite frames
     bar = tqdm(total=len(items), desc=f"dump {split} shard {rank}/{nshard}", disable=not progress or not sys.stderr.isatty())
     with NpyStreamWriter(npy, dim=dim) as writer:
         for feat in extract(items):
+            bad = nonfinite_rows(feat, first_row=writer.rows)
+            if bad.size:
+                bad_rows.append(bad)
+                if not allow_nonfinite and len(bad_rows) >= MAX_NONFINITE_UTTS:
+                    lengths.append(int(feat.shape[0]))
+                    break
             writer.append(feat)
             lengths.append(int(feat.shape[0]))
             bar.update(1)
         bar.close()
+        if bad_rows:
+            rows_all = np.concatenate(bad_rows)
+            ids = [r.id for _, r in items[: len(lengths)]]
+            msg = describe_nonfinite(npy, rows_all, np.array(lengths), ids)
+            if not allow_nonfinite:
+                stopped = f" (stopped after {len(lengths)} of {len(items)} utterances)" if len(lengths) < len(items) else ""
+                raise NonFiniteFeatureError(
+                    f"{msg}{stopped}; shard not written. The checkpoint may have diverged or the inputs hold NaN "
+                    "samples: fix them, or keep such frames (allow_nonfinite / --keep-nonfinite) and let "
+                    "learn_kmeans/dump_km_label --skip-nonfinite handle them"
+                )
+            logger.warning("kept non-finite features: %s", msg)
         if len(lengths) != len(items):
             raise RuntimeError(f"extractor returned {len(lengths)} features for {len(items)} rows")
     write_lines(len_path, (str(n) for n in lengths))
