@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from preparation.procs import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -262,7 +264,11 @@ def run_items(
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="item")
     if num_workers > 1 and len(todo) > 1:
         # "spawn": forking a process that holds OpenCV/dlib threads can deadlock the children.
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # Workers exit when this process dies (e.g. OOM-killed): preparation.procs.
+        with ProcessPoolExecutor(
+            max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent, initargs=(os.getpid(),),
+        ) as pool:
             futures = [pool.submit(_call, worker, item) for item in todo]
             for fut in futures:
                 _record(fut.result(), result, outputs)
