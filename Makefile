@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg espeak-ng libdlib-data
 # optional: tcmalloc makes CPU training ~20% faster (avhubert/fast_malloc.py); set-up goes on without it
 APT_OPTIONAL := libtcmalloc-minimal4
 
-.PHONY: setup system-deps test test-slow demo clean
+.PHONY: setup system-deps test test-slow test-faults demo clean
 
 setup: $(STAMP)
 
@@ -43,10 +43,13 @@ system-deps:
 	fi
 
 test: setup
-	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow and not faults" $(PYTEST_ARGS)
 
 test-slow: setup
-	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "slow or faults" $(PYTEST_ARGS)
+
+test-faults: setup
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT) $(DEMO_ARGS)
