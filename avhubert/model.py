@@ -340,7 +340,7 @@ class AVHubertModel(BaseFairseqModel):
         """Pre-training forward (reference signature plus optional injected decisions).
 
         Returns `logit_{m,u}_list`, `target_{m,u}_list`, `padding_mask`, `features_pen`, or with
-        `features_only` `{x [B, T, D], padding_mask, features}`.
+        `features_only` `{x [B, T, D], padding_mask, features [B, T, D] (zeros at padded frames)}`.
         """
         audio, video = source.get("audio"), source.get("video")
         mask_indices = None
@@ -365,6 +365,9 @@ class AVHubertModel(BaseFairseqModel):
             x, mask_indices = self.feature_mask(features, padding_mask, mask_video if mask_video is not None else mask_audio)
         x, _ = self.encoder(x, padding_mask, output_layer)
         if features_only:
+            if padding_mask is not None:
+                # Reference parity: its encoder zeroes padded frames of this very tensor in place
+                features = features.masked_fill(padding_mask[..., None], 0.0)
             return {"x": x, "padding_mask": padding_mask, "features": features}
         if target_list is None:
             raise ValueError("target_list is required unless features_only=True")
@@ -395,7 +398,8 @@ class AVHubertModel(BaseFairseqModel):
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
         modality_drop: Optional[str] = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """`(features [B, T, D], padding_mask)`; `ret_conv` returns the fused front-end features.
+        """`(features [B, T, D], padding_mask)`; `ret_conv` returns the fused front-end features
+        (after LayerNorm, projection and `dropout_input`), zeros at padded frames as the reference.
 
         No modality dropout unless `modality_drop` asks for it (reference: pre-training only).
         """
@@ -408,8 +412,12 @@ class AVHubertModel(BaseFairseqModel):
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
         modality_drop: Optional[str] = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """As `extract_features`, tolerating a missing modality (zeros after its front-end)."""
-        return self.extract_features(source, padding_mask, mask, False, output_layer, modality_drop)
+        """As `extract_features`, tolerating a missing modality (zeros after its front-end).
+
+        Deviation: the reference ignores `ret_conv` here; it is honoured, with the same meaning
+        as in `extract_features` (fused front-end features, zeros at padded frames).
+        """
+        return self.extract_features(source, padding_mask, mask, ret_conv, output_layer, modality_drop)
 
     def get_extra_losses(self, net_output: Dict[str, Any]) -> Tuple[List[torch.Tensor], List[str]]:
         return [net_output["features_pen"]], ["features_pen"]
