@@ -18,6 +18,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
+from . import clean_exit
 from .dataset import AVHubertDataset
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class AVHubertPretrainingTask(FairseqTask):
 
     # ------------------------------------------------------------- data
     def load_dataset(self, split: str, **kwargs: Any) -> None:
+        clean_exit.install()  # stop fairseq's prefetch threads at exit (else: abort after a good run)
         cfg = self.cfg
         manifest = os.path.join(cfg.data, f"{split}.tsv")
         dictionaries = [self.target_dictionary] if cfg.fine_tuning else self.dictionaries
