@@ -126,7 +126,10 @@ class AVHubertFeatureReader:
 
             user_dir = os.path.dirname(avhubert.__file__)
         utils.import_user_module(Namespace(user_dir=user_dir))
-        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([self.ckpt_path])
+        from avhubert.checkpoint import exit_on_checkpoint_error
+
+        with exit_on_checkpoint_error():  # a refused or damaged checkpoint: one line, exit 1
+            models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([self.ckpt_path])
         self.model = models[0].eval().to(self.device)
         self.task_cfg = task.cfg
         num_layers = len(self.model.encoder.layers) if hasattr(self.model, "encoder") else None
