@@ -189,8 +189,9 @@ class HubertEncoderWrapper(FairseqEncoder):
         return out
 
 
-def _freeze_context(model: nn.Module) -> Any:
-    frozen = model.training and model.num_updates < model.freeze_finetune_updates
+def _freeze_context(module: nn.Module) -> Any:
+    """No-grad while training and `num_updates < freeze_finetune_updates` (reference schedule)."""
+    frozen = module.training and module.num_updates < module.freeze_finetune_updates
     return torch.no_grad() if frozen else contextlib.nullcontext()
 
 
@@ -218,7 +219,7 @@ class AVHubertSeq2Seq(BaseFairseqModel):
         return cls(HubertEncoderWrapper(w2v, cfg), decoder, cfg)
 
     def forward(self, **kwargs: Any) -> Any:
-        with _freeze_context(self):
+        with _freeze_context(self):  # only the pre-trained encoder; the decoder (and ctc_proj) always train
             encoder_out = self.encoder(**kwargs)
         logits, extra = self.decoder(prev_output_tokens=kwargs["prev_output_tokens"], encoder_out=encoder_out)
         if self.ctc_proj is not None:
@@ -238,22 +239,34 @@ class AVHubertSeq2Seq(BaseFairseqModel):
 
 
 class HubertEncoder(FairseqEncoder):
-    """CTC encoder: `extract_finetune` (optional masking), final dropout, projection to V."""
+    """CTC encoder: `extract_finetune` (optional masking), final dropout, projection to V.
+
+    While `num_updates < freeze_finetune_updates` only `w2v_model` runs under no-grad;
+    `final_dropout` and `proj` train from the first update (reference `HubertEncoder`).
+    """
 
     def __init__(self, w2v_model: AVHubertModel, cfg: AVHubertAsrConfig, output_dim: int) -> None:
         super().__init__(None)
         self.w2v_model = w2v_model
         self.asr_cfg = cfg
         self.apply_mask = cfg.apply_mask
+        self.freeze_finetune_updates = cfg.freeze_finetune_updates
+        self.num_updates = 0
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.proj = nn.Linear(w2v_model.cfg.encoder_embed_dim, output_dim)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
 
     def forward(self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
                 tbc: bool = True, **kwargs: Any) -> Dict[str, Any]:
         drop = sample_modality_drop(self, self.asr_cfg, source)
-        x, padding_mask = self.w2v_model.extract_finetune(source, padding_mask, mask=self.apply_mask and self.training,
-                                                          modality_drop=drop)
-        x = self.proj(self.final_dropout(x))
+        with _freeze_context(self):
+            x, padding_mask = self.w2v_model.extract_finetune(
+                source, padding_mask, mask=self.apply_mask and self.training, modality_drop=drop
+            )
+        x = self.proj(self.final_dropout(x))  # [B, T, V]
         if tbc:
             x = x.transpose(0, 1)
         return {"encoder_out": x, "encoder_padding_mask": padding_mask, "padding_mask": padding_mask}
@@ -267,8 +280,7 @@ class AVHubertCtc(BaseFairseqModel):
     def __init__(self, cfg: AVHubertCtcConfig, w2v_encoder: HubertEncoder) -> None:
         super().__init__()
         self.cfg = cfg
-        self.w2v_encoder = w2v_encoder
-        self.freeze_finetune_updates = cfg.freeze_finetune_updates
+        self.w2v_encoder = w2v_encoder  # holds the freeze schedule
         self.num_updates = 0
 
     @classmethod
@@ -279,8 +291,7 @@ class AVHubertCtc(BaseFairseqModel):
         return cls(cfg, HubertEncoder(w2v, cfg, len(task.target_dictionary)))
 
     def forward(self, **kwargs: Any) -> Dict[str, Any]:
-        with _freeze_context(self):
-            return self.w2v_encoder(**kwargs)
+        return self.w2v_encoder(**kwargs)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
