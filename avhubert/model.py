@@ -220,11 +220,13 @@ class AVHubertModel(BaseFairseqModel):
         ref = audio if audio is not None else video
         bsz, tsz = ref.shape[0], ref.shape[-1] if audio is not None else ref.shape[2]
         cfg = self.cfg
-        lengths = None if padding_mask is None else (~padding_mask).sum(-1).cpu()
+        # masks are sampled on the host (one copy of the padding mask); substitution indices too
+        pad_host = None if padding_mask is None else padding_mask.cpu()
+        lengths = None if pad_host is None else (~pad_host).sum(-1)
         loss_mask = torch.zeros(bsz, tsz, dtype=torch.bool, device=ref.device)
         if audio is not None:
             if mask_audio is None:
-                mask_audio = self._sample_mask(bsz, tsz, padding_mask, cfg.mask_prob_audio, cfg.mask_length_audio)
+                mask_audio = self._sample_mask(bsz, tsz, pad_host, cfg.mask_prob_audio, cfg.mask_length_audio)
             mask_audio = mask_audio.to(audio.device)
             if bsz == 1:
                 audio = audio.masked_fill(mask_audio[:, None, :], 0.0)
@@ -234,10 +236,9 @@ class AVHubertModel(BaseFairseqModel):
             loss_mask |= mask_audio
         if video is not None:
             if mask_video is None:
-                mask_video = self._sample_mask(bsz, tsz, padding_mask, cfg.mask_prob_image, cfg.mask_length_image)
-            mask_video = mask_video.to(video.device)
+                mask_video = self._sample_mask(bsz, tsz, pad_host, cfg.mask_prob_image, cfg.mask_length_image)
             video = substitute_video(video, mask_video, self.selection_type, lengths)
-            loss_mask |= mask_video
+            loss_mask |= mask_video.to(video.device)
         return audio, video, loss_mask
 
     def _sample_mask(self, bsz: int, tsz: int, padding_mask: Optional[torch.Tensor], prob: float, length: int) -> torch.Tensor:
