@@ -301,7 +301,7 @@ class AVHubertCtc(BaseFairseqModel):
         """`[T, B, V]` logits with padded frames forced to blank (index 0) — the reference's intent."""
         logits = net_output["encoder_out"]
         pad = net_output["padding_mask"]
-        if pad is not None and pad.any():
+        if pad is not None:  # no `pad.any()` test: it would sync with the accelerator; where() is exact
             blank = torch.full_like(logits[0, 0], float("-inf"))
             blank[0] = 0
             logits = torch.where(pad.t()[..., None], blank, logits)
