@@ -3,6 +3,8 @@
 Mirrors reference `avhubert/hubert_criterion.py` (av_hubert@258fb50, including the 2022-09 fix of
 the accuracy counters). Logged metrics: `loss_m_i`, `loss_u_i`, `loss_features_pen`,
 `correct_{m,u}_i` / `count_{m,u}_i` (reduced to accuracies), losses in base 2 per sample.
+Logged losses and counts stay tensors on the model's device (no host sync per step); fairseq reads
+them at its log interval, as for its own criterions' `loss.data`.
 """
 
 import math
@@ -45,7 +47,7 @@ class AVHubertCriterion(FairseqCriterion):
             logits, targets = net_output[f"logit_{tag}_list"], net_output[f"target_{tag}_list"]
             losses = [F.cross_entropy(lg, tg, reduction=reduction) for lg, tg in zip(logits, targets)]
             for i, l in enumerate(losses):
-                log[f"loss_{tag}_{i}"] = l.detach().item()
+                log[f"loss_{tag}_{i}"] = l.detach()
             if weight > 0:
                 loss = loss + weight * sum(losses)
                 sample_size += targets[0].numel()
@@ -58,8 +60,8 @@ class AVHubertCriterion(FairseqCriterion):
                 if coef != 0 and p is not None:
                     p = coef * p.float() * sample_size
                     loss = loss + p
-                    log[f"loss_{n}"] = p.item()
-        log = {"loss": loss.item() if reduce else loss, "ntokens": sample_size,
+                    log[f"loss_{n}"] = p.detach()
+        log = {"loss": loss.detach() if reduce else loss, "ntokens": sample_size,
                "nsentences": sample["id"].numel(), "sample_size": sample_size, **log}
         for key in self.log_keys:
             if key in net_output:
@@ -67,7 +69,7 @@ class AVHubertCriterion(FairseqCriterion):
         with torch.no_grad():
             for tag in ("m", "u"):
                 for i, (lg, tg) in enumerate(zip(net_output[f"logit_{tag}_list"], net_output[f"target_{tag}_list"])):
-                    log[f"correct_{tag}_{i}"] = int((lg.argmax(-1) == tg).sum()) if lg.numel() else 0
+                    log[f"correct_{tag}_{i}"] = (lg.argmax(-1) == tg).sum() if lg.numel() else 0
                     log[f"count_{tag}_{i}"] = int(tg.numel())
         return loss, sample_size, log
 

@@ -47,10 +47,12 @@ class Seq2SeqCtcCriterion(LabelSmoothedCrossEntropyCriterion):
         lprobs = F.log_softmax(logits.float(), dim=-1)
         input_lengths = (~padding_mask).sum(-1) if padding_mask is not None else torch.full(
             (logits.size(1),), logits.size(0), dtype=torch.long, device=logits.device)
-        target = sample["target"]
+        target = sample["target"]  # [B, S]: tokens, eos, then padding
         keep = (target != self.padding_idx) & (target != self.task.target_dictionary.eos())
         blank = self.task.target_dictionary.bos()
-        return F.ctc_loss(lprobs, target[keep], input_lengths, keep.sum(-1), blank=blank, reduction="sum", zero_infinity=True)
+        # padded [B, S] targets with lengths: the kept tokens are each row's prefix, so this equals the
+        # concatenated `target[keep]` without its host sync
+        return F.ctc_loss(lprobs, target, input_lengths, keep.sum(-1), blank=blank, reduction="sum", zero_infinity=True)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
