@@ -126,34 +126,42 @@ def substitute_video(
     non-zero offset). `same_seq`: for each masked span [s, e) of length l, frames [r, r + l) of the
     same utterance with r drawn uniformly outside [s - l, e) within the utterance's length
     (reference: within the padded length; clipped at T - 1). Batch size 1: masked frames -> 0.
+
+    Devices: the span arithmetic runs on `mask`'s device (`lengths [B]` is moved there; random
+    draws use `generator`'s device, by default `mask`'s) and only the frame copy on `video`'s.
+    With a host mask, as pre-training samples it, an accelerator never waits for the host.
     """
     bsz, tsz = mask.shape
     if not bool(mask.any()):
         return video
     if bsz == 1:
-        return video.masked_fill(mask[:, None, :, None, None], 0.0)
+        return video.masked_fill(mask.to(video.device)[:, None, :, None, None], 0.0)
     if selection_type == "same_other_seq":
         shift = int(torch.randint(1, bsz, (1,), generator=generator))
         other = video.roll(shift, dims=0)
-        return torch.where(mask[:, None, :, None, None], other, video)
+        return torch.where(mask.to(video.device)[:, None, :, None, None], other, video)
     if selection_type != "same_seq":
         raise ValueError(f"unknown selection_type {selection_type!r}; expected same_seq or same_other_seq")
-    if lengths is None:
-        lengths = torch.full((bsz,), tsz, dtype=torch.long)
+    dev = mask.device
+    lengths = torch.full((bsz,), tsz, dtype=torch.long, device=dev) if lengths is None else lengths.to(dev)
     b, s, e = mask_runs(mask)
     span = e - s
     lo = (s - span).clamp(min=0)
     length = lengths[b]
     excluded = (e.clamp(max=length) - lo).clamp(min=0)
     n_valid = (length - excluded).clamp(min=1)
-    u = (torch.rand(len(s), generator=generator) * n_valid).long()
+    rand_dev = generator.device if generator is not None else dev
+    u = (torch.rand(len(s), generator=generator, device=rand_dev).to(dev) * n_valid).long()
     r = torch.where(u < lo, u, u + excluded)  # skip the excluded window
     # per masked frame: its run id and offset inside the run
-    run_id = torch.repeat_interleave(torch.arange(len(s)), span)
-    offset = torch.arange(int(span.sum())) - torch.repeat_interleave(span.cumsum(0) - span, span)
+    total = int(span.sum())
+    run_id = torch.repeat_interleave(torch.arange(len(s), device=dev), span, output_size=total)
+    offset = torch.arange(total, device=dev) - (span.cumsum(0) - span)[run_id]
     tgt_t = s[run_id] + offset
     src_t = torch.minimum(r[run_id] + offset, (length[run_id] - 1).clamp(min=0)).clamp(max=tsz - 1)
-    out = video.clone()
     bi = b[run_id]
+    if dev != video.device:  # one copy of the frame indices [3, N]
+        bi, tgt_t, src_t = torch.stack([bi, tgt_t, src_t]).to(video.device, non_blocking=True).unbind(0)
+    out = video.clone()
     out[bi, :, tgt_t] = video[bi, :, src_t]
     return out
