@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from avhubert.checkpoint import exit_on_checkpoint_error  # noqa: E402
 from avhubert.features.manifest import read_manifest, resolve  # noqa: E402
+from avhubert.language_model import load_language_model  # noqa: E402
 from avhubert.model import AVHubertModel  # noqa: E402
 from avhubert.model_asr import AVHubertCtc, CheckpointKindError  # noqa: E402
 from avhubert.scoring import ErrorCounts  # noqa: E402
@@ -110,57 +111,6 @@ def load_finetuned(path: str, device: torch.device, fp16: bool):
     if fp16:
         model.half()
     return model, saved_cfg, task
-
-
-def _lm_dictionary_path(path: str, lm_cfg: Any) -> Path:
-    """The LM's `dict.txt`: next to the checkpoint, else in the data directory it was trained on."""
-    candidates = [Path(path).resolve().parent / "dict.txt"]
-    data = lm_cfg.task.get("data", None) if lm_cfg.get("task", None) is not None else None
-    if data:
-        candidates.append(Path(str(data).split(os.pathsep)[0]) / "dict.txt")
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"generation.lm_path={path}: cannot find the language model's dictionary (tried "
-        f"{', '.join(map(str, candidates))}); copy the dict.txt of its fairseq-preprocess output next to it")
-
-
-def load_language_model(path: str, tgt_dict: Any, device: torch.device, fp16: bool) -> torch.nn.Module:
-    """A fairseq language model for shallow fusion, loaded with the allow-list loader (no pickled
-    code runs); its dictionary must equal the model's target dictionary."""
-    from fairseq import tasks
-    from fairseq.data import Dictionary
-    from fairseq.models import FairseqLanguageModel
-
-    from avhubert.checkpoint import load_checkpoint
-    from avhubert.sequence_generator import check_lm_dictionary
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"language model {path} not found (generation.lm_path)")
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or state.get("cfg") is None or "model" not in state:
-        raise ValueError(f"generation.lm_path={path}: not a fairseq checkpoint with 'cfg' and 'model' entries")
-    lm_cfg = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-    task_name = lm_cfg.task.get("_name", None)
-    if task_name != "language_modeling":
-        raise ValueError(f"generation.lm_path={path}: a checkpoint of task {task_name!r}; shallow fusion needs a "
-                         "fairseq language model (fairseq-train --task language_modeling)")
-    dict_path = _lm_dictionary_path(path, lm_cfg)
-    check_lm_dictionary(Dictionary.load(str(dict_path)), tgt_dict, where=f"language model {path} ({dict_path})")
-    with open_dict(lm_cfg):
-        lm_cfg.task.data = str(dict_path.parent)
-    lm_task = tasks.setup_task(lm_cfg.task)
-    lm = lm_task.build_model(lm_cfg.model)
-    if not isinstance(lm, FairseqLanguageModel):
-        raise ValueError(f"generation.lm_path={path}: {type(lm).__name__} is not a fairseq language model")
-    lm.load_state_dict(state["model"], strict=True, model_cfg=lm_cfg.model)
-    lm.eval().to(device)
-    if fp16:
-        lm.half()
-    logger.info("language model %s (%s, %d parameters, dictionary %s)", path, lm_cfg.model.get("_name"),
-                sum(p.numel() for p in lm.parameters()), dict_path)
-    return lm
 
 
 def training_modalities(saved_cfg: Any) -> Optional[List[str]]:
