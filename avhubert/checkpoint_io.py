@@ -39,10 +39,12 @@ Temporary files are named `.{name}.tmp` (hidden, never matched by fairseq's chec
 patterns) and are overwritten by the next write of the same file.
 
 Fault injection (tests only): with `AVHUBERT_CHECKPOINT_PAUSE_S=<seconds>` in the environment,
-every checkpoint write logs `checkpoint write paused: <tmp> -> <file>` and sleeps just before
-its rename, so a test can SIGKILL the trainer inside a write.
+every checkpoint write (or only those whose file name matches the glob
+`AVHUBERT_CHECKPOINT_PAUSE_MATCH`) logs `checkpoint write paused: <tmp> -> <file>` and sleeps
+just before its rename, so a test can SIGKILL the trainer inside a write.
 """
 
+import fnmatch
 import functools
 import logging
 import os
@@ -72,9 +74,11 @@ __all__ = [
     "find_resume_checkpoint",
     "install_fairseq_hooks",
     "PAUSE_ENV",
+    "PAUSE_MATCH_ENV",
 ]
 
 PAUSE_ENV = "AVHUBERT_CHECKPOINT_PAUSE_S"
+PAUSE_MATCH_ENV = "AVHUBERT_CHECKPOINT_PAUSE_MATCH"
 COPY_CHUNK_BYTES = 16 << 20
 _HOOKED = "_avhubert_checkpoint_hooks"
 
@@ -101,8 +105,9 @@ def _fsync_dir(path: str) -> None:
 
 def _fault_pause(tmp: str, dst: str) -> None:
     seconds = os.environ.get(PAUSE_ENV)
-    if seconds:
+    if seconds and fnmatch.fnmatch(os.path.basename(dst), os.environ.get(PAUSE_MATCH_ENV, "*")):
         logger.warning("checkpoint write paused: %s -> %s", tmp, dst)
+        sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(float(seconds))
 
