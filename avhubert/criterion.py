@@ -92,7 +92,7 @@ class AVHubertCriterion(FairseqCriterion):
                 metrics.log_scalar(key, sum(log[key] for log in logging_outputs) / denom / math.log(2), round=3)
             elif key.startswith("correct_"):
                 count = counts[re.sub("correct", "count", key)]
-                metrics.log_scalar(key, sum(log[key] for log in logging_outputs) / max(count, 1))
+                metrics.log_scalar(key, sum(log[key] for log in logging_outputs) / max(count, 1), round=6)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
