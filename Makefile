@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg espeak-ng libdlib-data
 # optional: tcmalloc makes CPU training ~20% faster (avhubert/fast_malloc.py); set-up goes on without it
 APT_OPTIONAL := libtcmalloc-minimal4
 
-.PHONY: setup system-deps test test-slow test-faults demo clean
+.PHONY: setup system-deps test test-slow test-faults test-gpu demo clean
 
 setup: $(STAMP)
 
@@ -43,13 +43,17 @@ system-deps:
 	fi
 
 test: setup
-	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow and not faults" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow and not faults and not gpu" $(PYTEST_ARGS)
 
 test-slow: setup
 	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "slow or faults" $(PYTEST_ARGS)
 
 test-faults: setup
 	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
+
+# CUDA tier (skipped without a GPU); on the offline GPU machine: bash bench/gpu_check.sh
+test-gpu: setup
+	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT) $(DEMO_ARGS)
