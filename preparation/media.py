@@ -8,12 +8,13 @@ No scikit-video (broken on NumPy 2) and no PNG round-trips: frames are piped to 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
-from .common import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS, atomic_write, run_ffmpeg
+from .common import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS, FFmpegError, atomic_write, run_ffmpeg
 
 __all__ = [
     "read_video",
@@ -22,6 +23,7 @@ __all__ = [
     "write_video",
     "convert_fps",
     "extract_wav",
+    "NoAudioTrackError",
     "count_wav_samples",
     "read_wav_int16",
     "write_wav_int16",
@@ -29,6 +31,13 @@ __all__ = [
 ]
 
 H264_CRF = 20  # reference: ffmpeg `-crf 20` for trimmed clips and mouth ROIs
+
+# ffmpeg's words for "the input has no stream of the kind asked for" (versions 4 to 7)
+_NO_STREAM_RE = re.compile(r"does not contain any stream|matches no streams")
+
+
+class NoAudioTrackError(FFmpegError):
+    """A video without an audio track, where its audio was asked for."""
 
 
 def _open(path: str | os.PathLike):
@@ -182,25 +191,36 @@ def extract_wav(
     sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ,
 ) -> None:
     """Extract the first audio stream of `src` as 16-bit PCM mono wav at `sample_rate_hz`,
-    resampling and down-mixing as needed (the reference assumed LRS3 was already 16 kHz)."""
-    with atomic_write(dst) as tmp:
-        run_ffmpeg(
-            [
-                "-i",
-                str(src),
-                "-vn",
-                "-ac",
-                "1",
-                "-ar",
-                str(sample_rate_hz),
-                "-acodec",
-                "pcm_s16le",
-                "-f",
-                "wav",
-                str(tmp),
-            ],
-            ffmpeg=ffmpeg,
-        )
+    resampling and down-mixing as needed (the reference assumed LRS3 was already 16 kHz).
+
+    Raises `NoAudioTrackError` (one line: the file, "has no audio track", what to do) when `src`
+    has no audio stream, instead of ffmpeg's "Output file #0 does not contain any stream"."""
+    try:
+        with atomic_write(dst) as tmp:
+            run_ffmpeg(
+                [
+                    "-i",
+                    str(src),
+                    "-vn",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    str(sample_rate_hz),
+                    "-acodec",
+                    "pcm_s16le",
+                    "-f",
+                    "wav",
+                    str(tmp),
+                ],
+                ffmpeg=ffmpeg,
+            )
+    except FFmpegError as e:
+        if not _NO_STREAM_RE.search(str(e)):
+            raise
+        raise NoAudioTrackError(
+            f"{src}: has no audio track, so no wav can be extracted; re-export the video with its sound, "
+            "or leave the clip out of the list"
+        ) from None
 
 
 def count_wav_samples(path: str | os.PathLike) -> int:

@@ -243,12 +243,16 @@ def prepare_own_videos(clips: List[Clip], out_dir: str | Path, args: argparse.Na
     if any(c.transcript for c in clips):
         common.write_lines(out_dir / "label.list", (c.transcript or "" for c in clips))
     shard = common.shard_items(clips, args.nshard, args.rank)
+    num_clips = len(shard)
     exit_code = 0
+    failed_by_stage: List[Tuple[str, int, Path]] = []
     for stage in [s for s in CLIP_STAGES if s in args.stages]:
         result = run_clip_stage(stage, shard, out_dir, args)
         exit_code |= common.finish_shard(result, out_dir, f"own_{stage}", args.rank, args.nshard)
         # Later stages only see clips that made it through this one.
         failed = {i for i, _ in result.failures.entries}
+        if failed:
+            failed_by_stage.append((stage, len(failed), out_dir / f"failures.own_{stage}.{args.rank}_{args.nshard}.tsv"))
         shard = [c for c in shard if c.id not in failed]
     if "manifest" in args.stages:
         make_manifest(
@@ -266,8 +270,18 @@ def prepare_own_videos(clips: List[Clip], out_dir: str | Path, args: argparse.Na
             num_workers=args.num_workers,
             progress=not args.no_progress,
         )
-        if args.fail_on_flags and any(c.flags for c in qa):
+        flagged = sum(bool(c.flags) for c in qa)
+        if args.fail_on_flags and flagged:
             exit_code = 1
+            logger.error("%d of %d clips flagged by the quality report (--fail-on-flags): see %s",
+                         flagged, len(qa), out_dir / "qa")
+    if failed_by_stage:  # the last line of a failed run says how many clips failed and where they are listed
+        total = sum(n for _, n, _ in failed_by_stage)
+        logger.error(
+            "%d of %d clips failed (%s) and are left out; each one and why: %s",
+            total, num_clips, ", ".join(f"{stage}: {n}" for stage, n, _ in failed_by_stage),
+            " ".join(str(p) for _, _, p in failed_by_stage),
+        )
     return exit_code
 
 
