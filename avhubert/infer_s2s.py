@@ -209,7 +209,9 @@ def decode(cfg: Any) -> Dict[str, Any]:
             if isinstance(model, AVHubertCtc):
                 raise ValueError(f"generation.lm_path={cfg.generation.lm_path}: language-model shallow fusion is "
                                  "implemented for seq2seq models only; this is a CTC model (av_hubert_ctc)")
-            lm = load_language_model(cfg.generation.lm_path, task.target_dictionary, device, cfg.common.fp16 and use_cuda)
+            with exit_on_checkpoint_error():  # a refused or damaged LM file: one line, exit 1
+                lm = load_language_model(cfg.generation.lm_path, task.target_dictionary, device,
+                                         cfg.common.fp16 and use_cuda)
             if cfg.generation.lm_weight == 0:
                 logger.warning("generation.lm_weight=0: the language model does not change the scores")
         split = cfg.dataset.gen_subset

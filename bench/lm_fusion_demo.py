@@ -52,17 +52,19 @@ def decode_once(ckpt: Path, data: Path, out: Path, mods: List[str], split: str, 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-dir", default="demo_out", help="a finished `make demo` output folder")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 0.8])
-    p.add_argument("--lm-updates", type=int, default=1500)
+    p.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument("--lm-updates", type=int, default=1000)
     p.add_argument("--lm-layers", type=int, default=2)
     p.add_argument("--lm-dim", type=int, default=128)
     p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--lm-only", action="store_true", help="stop after training the LM (the demo may still run)")
     a = p.parse_args(argv)
     demo = Path(a.demo_dir).resolve()
     data, ckpt = demo / "data", demo / "finetune" / "checkpoints" / "checkpoint_last.pt"
-    if not ckpt.is_file():
-        raise SystemExit(f"{ckpt} not found: run `make demo` (or python -m avhubert.demo --out-dir {demo}) first")
-    spm_model = next(data.glob("spm*/*.model"))
+    spm_models = sorted(data.glob("spm*/*.model"))
+    if not spm_models or not (data / "dict.wrd.txt").is_file():
+        raise SystemExit(f"no demo corpus in {data}: run `make demo` (or python -m avhubert.demo --out-dir {demo}) first")
+    spm_model = spm_models[0]
     work = demo / "lm_fusion"
     start = time.perf_counter()
 
@@ -80,6 +82,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     valid_ppl = [line for line in (lm_dir / "train.log").read_text().splitlines() if "| valid |" in line]
     if valid_ppl:
         print("    last validation:", valid_ppl[-1].split("| valid |")[1].strip(), flush=True)
+
+    if a.lm_only:
+        return 0
+    if not (demo / "finetune" / ".done").is_file():
+        raise SystemExit(f"no finished fine-tuning in {demo / 'finetune'}: let the demo finish first")
 
     print("2/4 lm_weight on the valid set (clean)", flush=True)
     chosen: Dict[str, float] = {}

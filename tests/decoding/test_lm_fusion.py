@@ -252,3 +252,34 @@ def test_fusion_on_cuda_equals_cpu():
     for a, b in zip(cpu, cuda):
         assert [h.tokens.tolist() for h in a] == [h.tokens.tolist() for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_fusion_stays_on_the_accelerator_and_adds_no_host_sync():
+    """Under the simulated accelerator (tests/device_guard.py): the LM's scores, its incremental
+    state and its reordering never mix devices; the fused search's own code syncs exactly where
+    the plain one does (the search's bookkeeping), and no more often."""
+    from collections import Counter
+
+    from tests.device_guard import DeviceGuard
+
+    cfg = BeamSearchConfig(beam=3, max_len_a=1.0, max_len_b=0)
+    runs = {}
+    for name, with_lm in (("plain", False), ("fused", True)):
+        dec = eos_friendly_decoder(vocab=VOCAB, seed=3)
+        enc = random_encoder_out(LENGTHS, seed=3)
+        lm = tiny_lm(target_dictionary(), seed=5) if with_lm else None
+        # weight 0: the same hypotheses, so both searches take the same steps
+        c = BeamSearchConfig(**{**cfg.__dict__, "lm_weight": 0.0})
+        guard = DeviceGuard()
+        guard.place(dec, enc, *([lm] if lm is not None else []))
+        with guard:
+            hyps = _ours(dec, enc, c, lm)
+        assert not guard.violations, guard.violations
+        runs[name] = (Counter(e.where for e in guard.syncs), hyps)
+    # fairseq's own transformer_lm checks its input for pad (`tokens.eq(pad).any()`) each step:
+    # its code, not the search's
+    fused = Counter({w: n for w, n in runs["fused"][0].items() if "site-packages/fairseq/" not in w})
+    assert fused == runs["plain"][0]
+    assert all("beam_search.py" in where for where in fused)
+    for a, b in zip(runs["plain"][1], runs["fused"][1]):
+        assert [h.tokens.tolist() for h in a] == [h.tokens.tolist() for h in b]
