@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Checkpoints saved by the original code (55 MB) live beside the checkout, not in it.
 FIXTURES = REPO.parent / "shared" / "spec" / "fixtures"
-KEYS = REPO.parent / "shared" / "spec" / "keys"
+# Small reference data copied into the repository (tests/data/README.md): never skipped.
+DATA = REPO / "tests" / "data"
+KEYS = DATA / "keys"
 
 
 @pytest.fixture(scope="session")
@@ -21,17 +24,29 @@ def repo() -> Path:
     return REPO
 
 
+def shared_fixture(name: str) -> Path:
+    """Path of `../shared/spec/fixtures/<name>`; skips the calling test with an explicit reason when absent.
+
+    pytest's `-ra` (pytest.ini) lists the reason in the summary, so a missing `../shared` is visible.
+    """
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.skip(f"needs ../shared/spec/fixtures/{name} (not present at {path})")
+    return path
+
+
 @pytest.fixture(scope="session")
 def spec_fixtures() -> Path:
+    """`../shared/spec/fixtures` (original-format checkpoints); explicit skip reason when absent."""
     if not FIXTURES.is_dir():
-        pytest.skip(f"spec fixtures not found at {FIXTURES}")
+        pytest.skip(f"needs ../shared/spec/fixtures (not present at {FIXTURES})")
     return FIXTURES
 
 
 @pytest.fixture(scope="session")
 def spec_keys() -> Path:
-    if not KEYS.is_dir():
-        pytest.skip(f"spec key listings not found at {KEYS}")
+    """The released checkpoints' key/shape listings, kept in the repository (`tests/data/keys`)."""
+    assert KEYS.is_dir(), f"{KEYS} is part of the repository and must exist"
     return KEYS
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from avhubert.modules.decoder import SinusoidalPositionalEmbedding, TransformerDecoder, build_decoder_from_cfg
+from tests.conftest import KEYS, shared_fixture
+from tests.fixed_init import assert_summary, fixed_tensor
 from tests.decoding.helpers import PAD, fairseq_decoder_like, random_encoder_out, random_tokens, tiny_decoder
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"  # ../shared beside the checkout
-KEYS_BASE = SPEC / "keys" / "keys_shapes_seq2seq_base_lrs3_433h.json"
-KEYS_LARGE = SPEC / "keys" / "keys_shapes_seq2seq_large_lrs3_433h.json"
-FIXTURE_S2S = SPEC / "fixtures" / "avhubert_tiny_s2s.pt"
+KEYS_BASE = KEYS / "keys_shapes_seq2seq_base_lrs3_433h.json"
+KEYS_LARGE = KEYS / "keys_shapes_seq2seq_large_lrs3_433h.json"
 
 
 def _decoder_keys(path: Path):
@@ -24,8 +24,6 @@ def _decoder_keys(path: Path):
 
 @pytest.mark.parametrize("path", [KEYS_BASE, KEYS_LARGE], ids=["base", "large"])
 def test_state_dict_keys_and_shapes_match_released_checkpoints(path):
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     data, expected = _decoder_keys(path)
     cfg = type("Cfg", (), dict(data["model_cfg"]))
     vocab = expected["embed_tokens.weight"][0]
@@ -171,18 +169,27 @@ def test_training_mode_dropout_and_backward():
         assert torch.equal(dec(tokens, enc)[0], dec(tokens, enc)[0])
 
 
-def test_released_format_fixture_loads_strictly():
-    if not FIXTURE_S2S.exists():
-        pytest.skip("fixture not available")
-    ckpt = torch.load(FIXTURE_S2S, map_location="cpu", weights_only=False)
+# Logits of the decoder of `avhubert_tiny_s2s.pt` (the original's weights) for FIXED_TOKENS on a fixed encoder
+# output (second utterance padded after 3 frames); recorded regression values, see tests/fixed_init.py.
+FIXED_TOKENS = torch.tensor([[2, 10, 25, 40, 7, 99], [2, 5, 6, 7, 8, 9]])
+EXPECTED_FIXTURE_LOGITS = {
+    "mean": -0.002330822520404278, "std": 0.9464033776359209, "abs_sum": 892.7750542716822,
+    "weighted": -18.886239201197654, "x[0]": 0.9229890704154968, "x[399]": 0.15269175171852112,
+    "x[799]": 0.37782108783721924, "x[1199]": 0.37020668387413025,
+}
+
+
+def test_released_format_fixture_loads_strictly_and_gives_recorded_logits():
+    ckpt = torch.load(shared_fixture("avhubert_tiny_s2s.pt"), map_location="cpu", weights_only=False)
     cfg = ckpt["cfg"]["model"]
     state = {k[len("decoder."):]: v.float() for k, v in ckpt["model"].items() if k.startswith("decoder.")}
     vocab = state["embed_tokens.weight"].size(0)
     enc_dim = state["layers.0.encoder_attn.k_proj.weight"].size(1)
     dec = build_decoder_from_cfg(cfg, vocab, PAD, enc_dim).eval()
     dec.load_state_dict(state, strict=True)
-    enc = random_encoder_out([5, 3], dim=enc_dim)
-    tokens, _ = random_tokens(2, 4, vocab)
+    enc = {"encoder_out": fixed_tensor((5, 2, enc_dim), 2.0),
+           "encoder_padding_mask": torch.tensor([[False] * 5, [False] * 3 + [True] * 2])}
     with torch.no_grad():
-        logits, _ = dec(tokens, enc)
-    assert logits.shape == (2, 4, vocab) and torch.isfinite(logits).all()
+        logits, _ = dec(FIXED_TOKENS, enc)
+    assert logits.shape == (2, 6, vocab) == (2, 6, 100)
+    assert_summary(logits, EXPECTED_FIXTURE_LOGITS)

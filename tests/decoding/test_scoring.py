@@ -70,13 +70,11 @@ def test_detokenize_sentencepiece():
 
 
 def test_detokenize_round_trips_real_sentencepiece_model(tmp_path):
-    from pathlib import Path
-
     import sentencepiece as spm
 
-    model = Path(__file__).resolve().parents[3] / "shared" / "spec" / "fixtures" / "spm_unigram100.model"
-    if not model.exists():
-        pytest.skip("fixture tokenizer not available")
+    from tests.conftest import DATA
+
+    model = DATA / "fixtures" / "spm_unigram100.model"  # the tiny s2s fixture's tokenizer (tests/data/README.md)
     sp = spm.SentencePieceProcessor(model_file=str(model))
     text = "and the people were there"
     pieces = " ".join(sp.encode(text, out_type=str))
