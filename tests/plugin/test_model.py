@@ -1,5 +1,7 @@
 """Model behaviour: modality dropout, label decimation, logits, layer semantics, batching."""
 
+import copy
+
 import pytest
 import torch
 
@@ -80,16 +82,24 @@ def test_batched_equals_single_for_valid_frames():
     torch.testing.assert_close(batched[1, :13], single[0], atol=1e-5, rtol=1e-4)
 
 
-def test_missing_modality_is_zeros_after_front_end():
+@pytest.mark.parametrize("missing", ["audio", "video"])
+def test_missing_modality_is_zeros_after_front_end(missing):
+    """A missing stream equals a present one whose front-end outputs zeros (its `proj` zeroed), and
+    differs from feeding zeros into that front-end (its bias would survive)."""
     model = tiny_model().eval()
     audio, video, pad = random_batch()
+    source = {"audio": audio, "video": video}
+    silenced = copy.deepcopy(model)
+    proj = getattr(silenced, f"feature_extractor_{missing}").proj
     with torch.no_grad():
-        only_video, _ = model.extract_finetune({"audio": None, "video": video}, pad)
-        feats = model.encode_modalities(audio, video)
-        feats["audio"] = torch.zeros_like(feats["audio"])
-        fused = model.post_extract_proj(model.layer_norm(model.fuse(feats).transpose(1, 2)))
-        expected, _ = model.encoder(fused, pad)
-    torch.testing.assert_close(only_video, expected)
+        proj.weight.zero_()
+        proj.bias.zero_()
+        assert getattr(model, f"feature_extractor_{missing}").proj.bias.abs().min() > 0
+        without, _ = model.extract_finetune({**source, missing: None}, pad)
+        expected, _ = silenced.extract_finetune(source, pad)
+        zero_input, _ = model.extract_finetune({**source, missing: torch.zeros_like(source[missing])}, pad)
+    torch.testing.assert_close(without, expected)
+    assert (without - zero_input).abs().max() > 1e-3, "zeros must replace the front-end output, not its input"
     with pytest.raises(ValueError, match="neither audio nor video"):
         model.extract_finetune({"audio": None, "video": None})
 

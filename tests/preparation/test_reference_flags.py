@@ -97,22 +97,33 @@ def test_align_mouth_reference_flags():
 
 
 @pytest.mark.parametrize(
-    "module,argv",
+    "module,argv,expected",
     [
-        (lrs3_prepare, ["--lrs3", "D", "--ffmpeg", "F", "--rank", "0", "--nshard", "2", "--step", "3"]),
-        (count_frames, ["--root", "D", "--manifest", "D/file.list", "--nshard", "2", "--rank", "1"]),
-        (lrs3_manifest, ["--lrs3", "D", "--valid-ids", "lrs3-valid.id", "--vocab-size", "1000"]),
-        (lrs3_manifest, ["--lrs3", "D", "--manifest", "D/file.list", "--valid-ids", "v.id"]),  # README (PR #47)
-        (vox_prepare, ["--vox", "D", "--ffmpeg", "F", "--step", "2", "--rank", "0", "--nshard", "1"]),
-        (vox_prepare, ["--root", "D", "--step", "1"]),  # README spelling
-        (vox_manifest, ["--vox", "D", "--en-ids", "vox-en.id"]),
-        (musan_prepare, ["--musan", "D", "--nshard", "4", "--slurm_partition", "P"]),
-        (lrs3_noise, ["--lrs3", "D"]),
-        (noise_manifest, ["--musan", "D", "--lrs3", "E"]),
+        (lrs3_prepare, ["--lrs3", "D", "--ffmpeg", "F", "--rank", "0", "--nshard", "2", "--step", "3"],
+         dict(lrs3="D", ffmpeg="F", rank=0, nshard=2, step=3)),
+        (count_frames, ["--root", "D", "--manifest", "D/file.list", "--nshard", "2", "--rank", "1"],
+         dict(root="D", file_list="D/file.list", nshard=2, rank=1)),
+        (lrs3_manifest, ["--lrs3", "D", "--valid-ids", "lrs3-valid.id", "--vocab-size", "1000"],
+         dict(lrs3="D", valid_ids="lrs3-valid.id", vocab_size=1000, manifest=None)),
+        (lrs3_manifest, ["--lrs3", "D", "--manifest", "D/file.list", "--valid-ids", "v.id"],  # README (PR #47)
+         dict(lrs3="D", manifest="D/file.list", valid_ids="v.id")),
+        (lrs3_manifest, ["--lrs3", "D", "--valid_ids", "v.id", "--vocab_size", "500"],  # underscore spellings
+         dict(valid_ids="v.id", vocab_size=500)),
+        (vox_prepare, ["--vox", "D", "--ffmpeg", "F", "--step", "2", "--rank", "0", "--nshard", "1"],
+         dict(vox="D", ffmpeg="F", step=2, rank=0, nshard=1)),
+        (vox_prepare, ["--root", "D", "--step", "1"], dict(vox="D", step=1)),  # README spelling
+        (vox_manifest, ["--vox", "D", "--en-ids", "vox-en.id"], dict(vox="D", en_ids="vox-en.id")),
+        (vox_manifest, ["--vox", "D", "--en_ids", "e.id"], dict(en_ids="e.id")),
+        (musan_prepare, ["--musan", "D", "--nshard", "4", "--slurm_partition", "P"],
+         dict(musan="D", nshard=4, slurm_partition="P", rank=0)),
+        (lrs3_noise, ["--lrs3", "D"], dict(lrs3="D", manifest=None)),
+        (noise_manifest, ["--musan", "D", "--lrs3", "E"], dict(musan="D", lrs3="E")),
     ],
 )
-def test_reference_command_lines_parse(module, argv):
-    module.build_parser().parse_args(argv)
+def test_reference_command_lines_parse(module, argv, expected):
+    """Each reference spelling lands in the option it means (an alias wired to the wrong one fails)."""
+    args = vars(module.build_parser().parse_args(argv))
+    assert {k: args.get(k, "<no such option>") for k in expected} == expected
 
 
 def test_count_frames_root_layout(tmp_path):
