@@ -11,6 +11,7 @@ from avhubert.model import AVHubertConfig, AVHubertModel
 from avhubert.model_asr import AVHubertSeq2Seq, AVHubertSeq2SeqConfig, HubertEncoderWrapper
 from avhubert.modules.decoder import build_decoder_from_cfg
 from avhubert.task import AVHubertPretrainingConfig
+from tests.plugin.test_state_dict_keys import assert_same_layout
 
 
 def _dict(n: int) -> Dictionary:
@@ -37,3 +38,4 @@ def test_seq2seq_keys_match_listing(size, spec_keys):
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert len(tgt) == s2s["dictionary"]["len_Dictionary"]
     assert ours == s2s["state_dict"]
+    assert_same_layout(model, s2s)

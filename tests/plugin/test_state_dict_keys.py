@@ -30,3 +30,14 @@ def test_keys_and_shapes_match_listing(name, spec_keys):
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == listing["state_dict"]
     assert sum(p.numel() for p in model.parameters()) == listing["num_params"]
+    assert_same_layout(model, listing)
+
+
+def assert_same_layout(model: torch.nn.Module, listing: dict) -> None:
+    """Buffers (not parameters), dtypes and parameter counts per module equal the released listing."""
+    state = model.state_dict()
+    assert sorted(n for n, _ in model.named_buffers() if n in state) == sorted(listing["buffers"])  # persistent ones
+    assert {k: str(v.dtype).replace("torch.", "") for k, v in state.items()} == listing["dtypes"]
+    for prefix, count in listing["num_params_by_module"].items():
+        ours = sum(p.numel() for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + "."))
+        assert ours == count, prefix
