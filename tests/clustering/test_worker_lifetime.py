@@ -35,6 +35,7 @@ def _cmdline(pid: int) -> str:
 
 @pytest.mark.parametrize("moment", ["busy", "starting"])
 def test_pool_workers_exit_when_parent_is_killed(moment):
+    tree: set = set()
     parent = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env(), stderr=subprocess.PIPE)
     try:
         workers = []
@@ -49,7 +50,7 @@ def test_pool_workers_exit_when_parent_is_killed(moment):
         assert wait_until(started, 180), "pool workers did not start"  # slow imports on a loaded machine
         if moment == "busy":
             time.sleep(1.0)
-        tree = descendants(parent.pid)
+        tree |= descendants(parent.pid)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         # busy workers: the kernel's parent-death signal (or the 1 s watchdog); starting ones exit in
@@ -57,7 +58,7 @@ def test_pool_workers_exit_when_parent_is_killed(moment):
         limit = 10 if moment == "busy" else 120
         assert wait_until(lambda: not alive(list(tree)), limit), f"orphans still running: {alive(list(tree))}"
     finally:
-        for p in alive(list(descendants(parent.pid))):
+        for p in alive(list(tree | descendants(parent.pid))):
             kill_tree(p)
         if parent.poll() is None:
             kill_tree(parent.pid)

@@ -131,3 +131,16 @@ def tree_digest(root: Path, ignore: Callable[[Path], bool] = lambda p: False) ->
 
 def python() -> str:
     return sys.executable
+
+
+def sleep_item(item: str) -> str:
+    """A pool job that sleeps `float(item)` seconds (picklable by reference for spawn workers)."""
+    time.sleep(float(item))
+    return item
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
