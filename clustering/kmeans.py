@@ -195,7 +195,7 @@ def lloyd(
         c_sq = (centers * centers).sum(1)
         sums = torch.zeros(k, dim, dtype=torch.float64, device=dev)
         counts = torch.zeros(k, dtype=torch.float64, device=dev)
-        total, n = 0.0, 0
+        total_t, n = torch.zeros((), dtype=torch.float64, device=dev), 0  # summed on the device: no sync per chunk
         # running top-`n_far` farthest points: where empty clusters are moved
         far_d = torch.empty(0, device=dev)
         far_x = torch.empty(0, dim, device=dev)
@@ -203,7 +203,7 @@ def lloyd(
             labels, dist = assign(chunk, centers, c_sq)
             sums += torch.zeros(k, dim, device=dev).index_add_(0, labels, chunk).double()
             counts += torch.bincount(labels, minlength=k).double()
-            total += float(dist.double().sum())
+            total_t += dist.double().sum()
             n += chunk.shape[0]
             top = dist.topk(min(n_far, dist.shape[0]))
             far_d, far_x = torch.cat([far_d, top.values]), torch.cat([far_x, chunk[top.indices]])
@@ -212,6 +212,7 @@ def lloyd(
                 far_d, far_x = far_d[keep], far_x[keep]
         if n == 0:
             raise ValueError("no data to cluster")
+        total = float(total_t)  # one host sync per pass (the stopping rule)
         if not math.isfinite(total):  # NaN/inf rows would silently poison every centroid
             raise FloatingPointError(
                 f"lloyd pass {n_iter}: non-finite distances; the features hold NaN/inf rows or values too large "
