@@ -289,3 +289,28 @@ def test_ctc_decoding_stays_on_the_accelerator(beam):
         hyps = CTCGenerator(target_dictionary(), beam=beam).generate([model], sample)
     guard.check(allowed_syncs=PRETRAIN_SYNCS + DECODING_SYNCS)
     assert len(hyps) == 3
+
+
+# ----------------------------------------------------------------------------- clustering
+def test_kmeans_on_the_accelerator_syncs_twice_per_lloyd_pass():
+    """The pass's inertia and its empty clusters are the only host reads; not one per chunk."""
+    import numpy as np
+
+    from clustering.kmeans import fit_kmeans, lloyd, nearest_centroid
+
+    x = np.random.default_rng(0).normal(size=(640, 8)).astype(np.float32)
+    init = torch.from_numpy(x[:5].copy())
+    want = lloyd(x, init, max_iter=4, tol=0.0, device="cpu", chunk_rows=64)
+    guard = DeviceGuard()
+    with guard:
+        got = lloyd(x, init, max_iter=4, tol=0.0, device="cuda", chunk_rows=64)  # "cuda" = the simulated accelerator
+    assert not guard.violations, guard.violations
+    lloyd_syncs = [str(e) for e in guard.syncs if e.where.endswith("in lloyd")]
+    assert len(lloyd_syncs) == 2 * got.n_iter_ + 1, lloyd_syncs  # + the returned centres
+    assert np.array_equal(got.cluster_centers_, want.cluster_centers_) and got.history == want.history
+    guard = DeviceGuard()
+    with guard:
+        model = fit_kmeans(x, 5, n_init=2, max_iter=3, device="cuda", chunk_rows=64)
+        labels = nearest_centroid(x, model.cluster_centers_, device="cuda", chunk_rows=64)
+    assert not guard.violations, guard.violations
+    assert labels.shape == (640,) and set(labels.tolist()) <= set(range(5))
