@@ -104,7 +104,7 @@ def prepare_lm_text(transcripts: Path, spm_model: Path, out: Path) -> int:
 
 def lm_train_commands(text_dir: Path, target_dict: Path, out_dir: Path, *, layers: int = 2, dim: int = 128,
                       max_update: int = 2000, seed: int = 1, max_tokens: int = 1024, tokens_per_sample: int = 128,
-                      extra: Sequence[str] = ()) -> List[List[str]]:
+                      dropout: float = 0.1, extra: Sequence[str] = ()) -> List[List[str]]:
     """fairseq-preprocess + fairseq-train command lines for a small `transformer_lm` on
     `text_dir/{train,valid}.txt` with the target dictionary; the model lands in `out_dir`
     (`checkpoint_best.pt`, with `dict.txt` from the binarised data next to it).
@@ -118,7 +118,7 @@ def lm_train_commands(text_dir: Path, target_dict: Path, out_dir: Path, *, layer
         prep += ["--validpref", str(text_dir / "valid.txt")]
     train = [str(bindir / "fairseq-train"), str(data_bin), "--task", "language_modeling", "--arch", "transformer_lm",
              "--decoder-layers", str(layers), "--decoder-embed-dim", str(dim), "--decoder-ffn-embed-dim", str(4 * dim),
-             "--decoder-attention-heads", "4", "--share-decoder-input-output-embed", "--dropout", "0.1",
+             "--decoder-attention-heads", "4", "--share-decoder-input-output-embed", "--dropout", str(dropout),
              "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01", "--clip-norm", "0.0",
              "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(max(1, max_update // 10)),
              "--tokens-per-sample", str(tokens_per_sample), "--sample-break-mode", "complete",
