@@ -76,7 +76,10 @@ class _InputDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> ModelInputs:
         root, row = self.items[i]
-        return self.reader.load_inputs(resolve(root, row.video), resolve(root, row.audio))
+        try:
+            return self.reader.load_inputs(resolve(root, row.video), resolve(root, row.audio))
+        except ValueError as e:  # name the utterance (a manifest row without the requested modality)
+            raise ValueError(f"utterance {row.id!r}: {e}") from None
 
 
 class AVHubertFeatureReader:

@@ -57,10 +57,13 @@ def load_centroids(km_path: str | os.PathLike) -> np.ndarray:
     km_path = str(km_path)
     if not os.path.isfile(km_path):
         raise FileNotFoundError(f"k-means model not found: {km_path}")
+    try:
+        obj = np.load(km_path) if km_path.endswith(".npy") else joblib.load(km_path)
+    except Exception as e:  # noqa: BLE001 - empty, truncated or not a model: name the file
+        raise ValueError(f"{km_path}: not a readable k-means model ({type(e).__name__}: {e}); relearn it") from None
     if km_path.endswith(".npy"):
-        centers = np.load(km_path)
+        centers = obj
     else:
-        obj = joblib.load(km_path)
         if isinstance(obj, np.ndarray):
             centers = obj
         elif isinstance(obj, dict) and "cluster_centers_" in obj:

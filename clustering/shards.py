@@ -208,7 +208,11 @@ class NpyStreamWriter:
 def read_lengths(len_path: str | os.PathLike) -> np.ndarray:
     """Frame counts of a `.len` file, int64 `[n_utts]`."""
     with open(len_path, "r", encoding="utf-8") as f:
-        return np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+        lines = [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+    bad = [(i, t) for i, t in lines if not t.isdigit()]
+    if bad:
+        raise ValueError(f"{len_path}:{bad[0][0]}: expected a frame count, got {bad[0][1][:40]!r}")
+    return np.array([int(t) for _, t in lines], dtype=np.int64)
 
 
 def load_feature_shard(feat_dir: str | os.PathLike, split: str, rank: int, nshard: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -218,7 +222,12 @@ def load_feature_shard(feat_dir: str | os.PathLike, split: str, rank: int, nshar
     for p in (npy, lens_path):
         if not p.is_file():
             raise FileNotFoundError(f"missing feature shard file {p}")
-    feats = np.load(npy, mmap_mode="r")
+    try:
+        feats = np.load(npy, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # empty, truncated or not an .npy file
+        raise ValueError(f"{npy}: not a readable feature shard ({e}); redo the feature dump") from None
+    if feats.ndim != 2:
+        raise ValueError(f"{npy}: expected [frames, dim] features, got shape {feats.shape}")
     lens = read_lengths(lens_path)
     if int(lens.sum()) != feats.shape[0]:
         raise ValueError(f"{npy}: {feats.shape[0]} frames but {lens_path} sums to {int(lens.sum())}")

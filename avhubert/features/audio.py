@@ -34,8 +34,9 @@ class AudioFormatError(ValueError):
 def read_wav(path: str, expected_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) -> np.ndarray:
     """Read a mono wav as int16-scale samples `[N]` (float64 input is rescaled to int16 range).
 
-    Raises `AudioFormatError` for another sample rate or more than one channel, and
-    `FileNotFoundError` for a missing file.
+    Raises `AudioFormatError` for another sample rate, more than one channel or NaN/inf samples
+    in a float wav (which would become arbitrary int16 values), and `FileNotFoundError` for a
+    missing file.
     """
     try:
         info = sf.info(path)
@@ -48,6 +49,10 @@ def read_wav(path: str, expected_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) -> np.ndar
         )
     if info.channels != 1:
         raise AudioFormatError(f"{path}: {info.channels} channels, expected mono (ffmpeg -ac 1)")
+    if info.subtype in ("FLOAT", "DOUBLE"):
+        bad = int((~np.isfinite(sf.read(path, dtype="float64")[0])).sum())
+        if bad:
+            raise AudioFormatError(f"{path}: {bad} NaN/inf samples (a float wav); fix or drop the file")
     wav, _ = sf.read(path, dtype="int16")
     return wav
 
