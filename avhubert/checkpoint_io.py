@@ -36,7 +36,7 @@ What `install_fairseq_hooks()` (called once when the plugin is imported) changes
 The patch is narrow on purpose: wrapping these four module attributes keeps fairseq's own
 `save_checkpoint` logic (file names, best-metric bookkeeping, pruning of old files) unforked.
 Temporary files are named `.{name}.tmp` (hidden, never matched by fairseq's checkpoint
-patterns) and are overwritten by the next write of the same file.
+patterns); those a killed save left behind are deleted when the next run resumes (rank 0).
 
 Fault injection (tests only): with `AVHUBERT_CHECKPOINT_PAUSE_S=<seconds>` in the environment,
 every checkpoint write (or only those whose file name matches the glob
@@ -52,6 +52,7 @@ import re
 import shutil
 import sys
 import time
+import zipfile
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
@@ -72,6 +73,7 @@ __all__ = [
     "temporary_path",
     "read_num_updates",
     "find_resume_checkpoint",
+    "remove_stale_temporaries",
     "install_fairseq_hooks",
     "PAUSE_ENV",
     "PAUSE_MATCH_ENV",
@@ -181,7 +183,8 @@ def read_num_updates(path: str) -> int:
     else the M of a `checkpoint_N_M.pt` name, else -1. Raises `CheckpointError` when unreadable."""
     register_safe_globals()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # memory-mapped: the tensors are not read; torch's legacy non-zip format cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001 - translated below
         err = explain_load_error(path, e)
         if err is None:
@@ -224,6 +227,18 @@ def find_resume_checkpoint(directory: str, suffix: str = "", exclude: Tuple[str,
     return None, -1, problems
 
 
+def remove_stale_temporaries(directory: str) -> List[str]:
+    """Delete the `.checkpoint*.pt.tmp` files a killed save left in `directory`; returns their names."""
+    if not os.path.isdir(directory):
+        return []
+    stale = sorted(n for n in os.listdir(directory) if re.fullmatch(r"\.checkpoint.*\.pt\.tmp", n))
+    for name in stale:
+        _remove_quietly(os.path.join(directory, name))
+    if stale:
+        logger.info("removed %d unfinished checkpoint write(s) of an interrupted run: %s", len(stale), ", ".join(stale))
+    return stale
+
+
 def _file_problem(path: str) -> Optional[CheckpointError]:
     """The problem that makes `path` unusable for resuming, or None."""
     try:
@@ -260,6 +275,8 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
     @functools.wraps(original)
     def load_checkpoint(cfg: Any, trainer: Any, **passthrough_args: Any) -> Any:
         suffix = trainer.checkpoint_suffix or ""
+        if getattr(trainer, "data_parallel_rank", 0) == 0:
+            remove_stale_temporaries(cfg.save_dir)
         path = _resume_path(cfg, suffix)
         problem = _file_problem(path) if path is not None else None
         if problem is None:

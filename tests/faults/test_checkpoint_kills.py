@@ -102,6 +102,8 @@ def test_kills_inside_checkpoint_writes_lose_nothing(synthetic_corpus, tmp_path)
     final = visible_checkpoints(ckpt)
     text = log.read_text(errors="replace")
     assert final["checkpoint_last.pt"] == MAX_UPDATE
+    assert not list(ckpt.glob(".*.tmp")), "the unfinished writes of killed runs were cleaned up"
+    assert "removed 1 unfinished checkpoint write(s)" in text
     assert kills == 5, f"only {kills} of 5 kills landed before the run ended"
     assert "Loaded checkpoint" in text, "reruns resumed from the saved state"
     assert "truncated or not a checkpoint" not in text and "resuming from" not in text, \

@@ -229,14 +229,20 @@ def test_clustering_feature_dump_entry_point(bad_files, kind, synthetic_corpus, 
     assert not list((tmp_path / "feat").glob("*.npy")) if (tmp_path / "feat").exists() else True
 
 
-def test_loading_api_raises_one_line_error(bad_files):
+@pytest.mark.parametrize("kind", ["evil", "cut"])
+def test_loading_api_raises_one_line_error(bad_files, kind):
     """fairseq's `load_model_ensemble_and_task` (plugin imported): a one-line exception, torch's advice dropped."""
-    code = f"import avhubert\nfrom fairseq import checkpoint_utils\ncheckpoint_utils.load_model_ensemble_and_task([{str(bad_files['evil'])!r}])\n"
+    path = bad_files[kind]
+    code = f"import avhubert\nfrom fairseq import checkpoint_utils\ncheckpoint_utils.load_model_ensemble_and_task([{str(path)!r}])\n"
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     line = last_line(proc.stderr)
-    assert line.startswith("avhubert.checkpoint.UnsafeCheckpointError: ") and str(bad_files["evil"]) in line
-    assert "posix.system" in line and "weights_only" not in proc.stderr
+    if kind == "evil":
+        assert line.startswith("avhubert.checkpoint.UnsafeCheckpointError: ") and "posix.system" in line
+    else:
+        assert line.startswith("avhubert.checkpoint.CorruptCheckpointError: ") and "truncated or not a checkpoint" in line
+    assert str(path) in line and "weights_only" not in proc.stderr
+    assert "During handling of the above exception" not in proc.stderr, "torch's own error is not chained in"
     assert not bad_files["sentinel"].exists()
 
 

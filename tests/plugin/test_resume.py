@@ -54,6 +54,16 @@ def test_update_count_from_the_name_when_not_recorded(tmp_path):
     assert (Path(path).name, updates) == ("checkpoint_1_7.pt", 7)
 
 
+def test_legacy_format_and_stale_temporaries(tmp_path):
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save({"optimizer_history": [{"num_updates": 7}]}, path, _use_new_zipfile_serialization=False)
+    assert checkpoint_io.read_num_updates(str(path)) == 7  # not memory-mappable: read normally
+    (tmp_path / ".checkpoint_last.pt.tmp").write_bytes(b"half")
+    (tmp_path / ".keep.tmp").write_bytes(b"not ours")
+    assert checkpoint_io.remove_stale_temporaries(str(tmp_path)) == [".checkpoint_last.pt.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.tmp", "checkpoint_last.pt"]
+
+
 def test_ties_go_to_the_newest_file_and_suffixes_are_respected(tmp_path):
     fake_checkpoint(tmp_path / "checkpoint_best.pt", 10)
     time.sleep(0.02)
