@@ -29,9 +29,10 @@ What `install_fairseq_hooks()` (called once when the plugin is imported) changes
    `checkpoint.restore_file`): when it is damaged, it logs which file and why and resumes from
    the newest readable checkpoint of that directory by update count (`checkpoint_N_M.pt`,
    `checkpoint_best.pt`, `checkpoint{epoch}.pt`, `checkpoint.best_*.pt`), or stops with one line
-   naming every file and its problem when none is readable. A refused (unsafe) pickle stops the
-   run: it is not damage to work around. Every rank runs the same checks on the same files and
-   reaches the same decision.
+   naming every file and its problem when none is readable. The check reads the file once more
+   (zip directory, every CRC, a memory-mapped weights-only unpickle). A refused (unsafe) pickle
+   stops the run: it is not damage to work around. Every rank runs the same checks on the same
+   files and reaches the same decision.
 
 The patch is narrow on purpose: wrapping these four module attributes keeps fairseq's own
 `save_checkpoint` logic (file names, best-metric bookkeeping, pruning of old files) unforked.
@@ -302,9 +303,8 @@ def _wrap_load_checkpoint(original: Callable) -> Callable:
         saved = {k: cfg[k] for k in keys}
         try:
             with open_dict(cfg):
-                cfg.restore_file = _restore_file_for(chosen, suffix)
-                for k in keys[1:]:
-                    cfg[k] = None  # a resume, not a first launch
+                for k in keys:  # a resume from `chosen`, not a first launch
+                    cfg[k] = _restore_file_for(chosen, suffix) if k == "restore_file" else None
             return original(cfg, trainer, **passthrough_args)
         finally:
             with open_dict(cfg):
