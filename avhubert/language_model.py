@@ -149,3 +149,23 @@ def train_language_model(text_dir: Path, target_dict: Path, out_dir: Path, log: 
     shutil.copy(out_dir / "bin" / "dict.txt", out_dir / "dict.txt")
     best = out_dir / "checkpoint_best.pt"
     return best if best.is_file() else out_dir / "checkpoint_last.pt"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m avhubert.language_model --spm-model M --out-dir lm/text DATA/train.wrd DATA/valid.wrd`
+    writes `lm/text/train.txt` and `lm/text/valid.txt` (sentencepiece pieces, one transcript a line)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="transcripts -> sentencepiece pieces for fairseq-preprocess (LM training)")
+    p.add_argument("transcripts", nargs="+", type=Path, help="{split}.wrd files")
+    p.add_argument("--spm-model", type=Path, required=True, help="the task's sentencepiece .model")
+    p.add_argument("--out-dir", type=Path, required=True)
+    a = p.parse_args(argv)
+    for t in a.transcripts:
+        n = prepare_lm_text(t, a.spm_model, a.out_dir / f"{t.stem}.txt")
+        print(f"{a.out_dir / (t.stem + '.txt')}: {n} lines")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

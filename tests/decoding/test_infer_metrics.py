@@ -132,3 +132,21 @@ def test_language_model_loader_refuses_clearly(tmp_path):
     with pytest.raises(Exception, match="evil.pt"):
         load_language_model(str(lm_dir / "evil.pt"), tgt)
     assert not marker.exists()
+
+
+def test_lm_text_is_what_the_label_encoder_makes(tmp_path):
+    """`python -m avhubert.language_model`: lower-cased sentencepiece pieces, one transcript a line,
+    the same pieces the task's label encoder turns into targets."""
+    from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+
+    from avhubert.language_model import main
+    from preparation.tokenizer import train_sentencepiece
+
+    texts = ["Five two ZERO six", "six five four two", "three one seven", "", "two two zero"] * 4
+    spm_model, _ = train_sentencepiece(texts, tmp_path / "spm" / "spm", vocab_size=20)
+    (tmp_path / "train.wrd").write_text("\n".join(texts) + "\n")
+    assert main(["--spm-model", str(spm_model), "--out-dir", str(tmp_path / "lm"), str(tmp_path / "train.wrd")]) == 0
+    lines = (tmp_path / "lm" / "train.txt").read_text().splitlines()
+    bpe = SentencepieceBPE(SentencepieceConfig(sentencepiece_model=str(spm_model)))
+    assert lines == [bpe.encode(t.lower()) for t in texts if t]
+    assert lines[0].startswith("▁") and lines[0] == lines[0].lower()
