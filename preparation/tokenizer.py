@@ -9,6 +9,7 @@ text file is flushed and closed before training (its bug 16), and outputs are wr
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -39,7 +40,11 @@ def train_sentencepiece(
     lines = [t.strip().lower() for t in texts if t.strip()]
     if not lines:
         raise ValueError("train_sentencepiece: no non-empty text to train on")
-    with tempfile.TemporaryDirectory(dir=out_prefix.parent) as tmp:
+    # A hidden temp dir beside the outputs; one left by a killed run is removed here.
+    tmp_name = f".{out_prefix.name}.tmp-"
+    for stale in out_prefix.parent.glob(f"{tmp_name}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=out_prefix.parent, prefix=tmp_name) as tmp:
         text_path = Path(tmp) / "text.txt"
         text_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp_prefix = Path(tmp) / out_prefix.name
