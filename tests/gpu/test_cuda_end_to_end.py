@@ -131,7 +131,7 @@ def test_ctc_and_joint_fine_tuning_fp16(data, pretrained, tmp_path):
 def test_infer_s2s_decodes_on_cuda_in_fp16(s2s, data, tmp_path):
     out = tmp_path / "dec"
     run([sys.executable, REPO / "avhubert" / "infer_s2s.py", "--config-dir", REPO / "conf", "--config-name", "s2s_decode",
-         f"common_eval.path={s2s}", f"common_eval.results_path={out}", "dataset.gen_subset=valid", "common.fp16=true",
+         f"common_eval.path={s2s}", f"common_eval.results_path={out}", "dataset.gen_subset=valid", "+common.fp16=true",
          "override.modalities=[audio,video]", f"+override.data={data}", f"+override.label_dir={data}", "generation.beam=3"])
     assert list(out.glob("wer.*")) and (out / "decode.jsonl").is_file()
 
