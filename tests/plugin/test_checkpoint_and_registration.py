@@ -28,9 +28,9 @@ class NotAllowed:
 AUDIO = fixed_tensor((2, 104, 12), 0.0)
 VIDEO = fixed_tensor((2, 1, 12, 88, 88), 1.0)
 
-# Outputs of `avhubert_tiny_pretrain.pt` (the original's weights) on AUDIO / VIDEO, unpadded, recorded with
-# this implementation after its transformer was checked against fairseq's (test below) and its front-ends
-# against the reference description. Regression values: the fixture README gives no reference outputs.
+# Outputs of `avhubert_tiny_pretrain.pt` (the original's weights) on AUDIO / VIDEO, unpadded: regression values
+# recorded with this implementation (the fixture README gives no outputs of the original). The transformer part
+# is checked against fairseq's own wav2vec2 encoder, which the original runs, in the test below.
 EXPECTED_PRETRAIN = {
     "final": {"mean": 0.012219491870909613, "std": 1.0142285959777346, "abs_sum": 4924.218728460626,
               "weighted": -10.9339041288728, "x[0]": -0.1339326649904251, "x[2047]": 1.8020464181900024,
