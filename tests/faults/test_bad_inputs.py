@@ -314,3 +314,69 @@ def test_decoding_missing_checkpoint_and_split_are_named(tmp_path, synthetic_cor
     with pytest.raises(BaseException) as e:
         decode(cfg)
     assert "nope.pt" in str(e.value) or "nope.pt" in repr(e.value.__context__), repr(e.value)
+
+
+@pytest.fixture()
+def decode_data(decoder_model, tmp_path):
+    """A private copy of the tiny model's test split (manifest, media, references, dictionary)."""
+    data, ckpt = decoder_model
+    d = tmp_path / "decdata"
+    (d / "media").mkdir(parents=True)
+    for name in ("test.wrd", "dict.wrd.txt"):
+        shutil.copy(data / name, d / name)
+    root, rows = read_manifest(data / "test.tsv")
+    new_rows = []
+    for r in rows:
+        video, audio = Path(root) / r.video, Path(root) / r.audio
+        shutil.copy(video, d / "media" / video.name)
+        shutil.copy(audio, d / "media" / audio.name)
+        new_rows.append(ManifestRow(r.id, f"media/{video.name}", f"media/{audio.name}", r.num_video_frames, r.num_audio_samples))
+    write_manifest(d / "test.tsv", str(d), new_rows)
+    return d, ckpt, new_rows
+
+
+def _decode(d: Path, ckpt: Path, out: Path):
+    from omegaconf import OmegaConf
+
+    from avhubert.infer_s2s import InferConfig, decode
+
+    cfg = OmegaConf.structured(InferConfig)
+    cfg.common_eval.path, cfg.common_eval.results_path = str(ckpt), str(out)
+    cfg.dataset.gen_subset, cfg.dataset.max_tokens = "test", 1000
+    cfg.generation.beam = 2
+    cfg.override.modalities, cfg.override.data, cfg.override.label_dir = ["audio", "video"], str(d), str(d)
+    return decode(cfg)
+
+
+@pytest.mark.parametrize("column", ["video", "audio"])
+def test_decoding_missing_media_is_skipped_and_counted(decode_data, tmp_path, column):
+    d, ckpt, rows = decode_data
+    missing(d / getattr(rows[0], column))
+    res = _decode(d, ckpt, tmp_path / "out")
+    assert res["num_skipped"] == 1 and res["num_utts"] == len(rows) - 1
+    metrics = (tmp_path / "out" / "metrics.json").read_text()
+    assert rows[0].id in metrics
+    wer = next((tmp_path / "out").glob("wer.*")).read_text()
+    assert f"{len(rows) - 1} of {len(rows)} utterances decoded; 1 SKIPPED: {rows[0].id}" in wer
+
+
+DECODE_ERRORS = [("audio", truncated), ("audio", wrong_rate), ("audio", nonfinite), ("video", wrong_format)]
+
+
+@pytest.mark.parametrize("column,corrupt", DECODE_ERRORS, ids=[f"{c}-{f.__name__}" for c, f in DECODE_ERRORS])
+def test_decoding_bad_media_is_named(decode_data, tmp_path, column, corrupt):
+    d, ckpt, rows = decode_data
+    path = d / getattr(rows[1], column)
+    corrupt(path)
+    with pytest.raises(Exception) as e:
+        _decode(d, ckpt, tmp_path / "out")
+    assert path.name in str(e.value), repr(e.value)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_decoding_missing_split_is_named(decode_data, tmp_path):
+    d, ckpt, _ = decode_data
+    missing(d / "test.tsv")
+    with pytest.raises(Exception) as e:
+        _decode(d, ckpt, tmp_path / "out")
+    assert "test.tsv" in str(e.value), repr(e.value)

@@ -9,49 +9,18 @@ them) and `decode.log` (a log, with timestamps; not compared).
 
 import json
 import random
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
-from preparation.tokenizer import train_sentencepiece
-from tests.faults.helpers import REPO, env, python, run_killed_when, run_ok
+from tests.faults.helpers import REPO, python, run_killed_when, run_ok
 
 pytestmark = pytest.mark.faults
 
 INJECT = str(REPO / "tests" / "faults" / "inject.py")
 TIMING = ("decode_time_s", "wall_time_s", "utt_per_s")
-
-
-def _train(conf: str, name: str, exp: Path, *overrides: str) -> Path:
-    hydra = str(Path(sys.executable).parent / "fairseq-hydra-train")
-    args = [hydra, "--config-dir", str(REPO / "conf" / conf), "--config-name", name, f"common.user_dir={REPO / 'avhubert'}",
-            f"hydra.run.dir={exp}", f"checkpoint.save_dir={exp / 'ckpt'}", *overrides]
-    proc = subprocess.run(args, cwd=REPO, env=env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return exp / "ckpt" / "checkpoint_last.pt"
-
-
-@pytest.fixture(scope="module")
-def model(synthetic_corpus, tmp_path_factory):
-    """(data dir with a 4-utterance test split, tiny seq2seq checkpoint: 4 pre-training + 4 fine-tuning updates)."""
-    data = tmp_path_factory.mktemp("dec")
-    for f in synthetic_corpus.iterdir():
-        if f.is_file():
-            shutil.copy(f, data / f.name)
-    shutil.copy(data / "valid.tsv", data / "test.tsv")
-    shutil.copy(data / "valid.wrd", data / "test.wrd")
-    _, dct = train_sentencepiece((data / "train.wrd").read_text().splitlines(), data / "spm" / "spm", vocab_size=30)
-    shutil.copy(dct, data / "dict.wrd.txt")
-    common = [f"task.data={data}", f"task.label_dir={data}"]
-    pre = _train("pretrain", "tiny", data / "pt", *common, "optimization.max_update=4", "dataset.disable_validation=true")
-    ckpt = _train("finetune", "tiny_s2s", data / "ft", *common, f"task.tokenizer_bpe_model={data / 'spm' / 'spm.model'}",
-                  f"model.w2v_path={pre}", "optimization.max_update=4", "dataset.disable_validation=true")
-    return data, ckpt
 
 
 def decode_args(data: Path, ckpt: Path, out: Path) -> List[str]:
@@ -75,8 +44,8 @@ def results(out: Path) -> Dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(model, tmp_path_factory):
-    data, ckpt = model
+def reference(decoder_model, tmp_path_factory):
+    data, ckpt = decoder_model
     out = tmp_path_factory.mktemp("ref") / "dec"
     start = time.monotonic()
     run_ok([python(), *decode_args(data, ckpt, out)], out.parent / "log")
@@ -99,8 +68,8 @@ TARGETS = [
 
 
 @pytest.mark.parametrize("event,glob,nth", TARGETS, ids=[f"{e}:{g}" for e, g, _ in TARGETS])
-def test_targeted_kill_then_rerun(model, reference, tmp_path, event, glob, nth):
-    (data, ckpt), (ref, _) = model, reference
+def test_targeted_kill_then_rerun(decoder_model, reference, tmp_path, event, glob, nth):
+    (data, ckpt), (ref, _) = decoder_model, reference
     out = tmp_path / "dec"
     assert not run_killed_when([python(), INJECT, event, glob, str(nth), *decode_args(data, ckpt, out)], lambda: False, tmp_path / "log")
     assert "metrics.json" not in results(out), "the injected kill did not happen"
@@ -109,8 +78,8 @@ def test_targeted_kill_then_rerun(model, reference, tmp_path, event, glob, nth):
     assert results(out) == ref
 
 
-def test_random_kill_then_rerun(model, reference, tmp_path):
-    (data, ckpt), (ref, seconds) = model, reference
+def test_random_kill_then_rerun(decoder_model, reference, tmp_path):
+    (data, ckpt), (ref, seconds) = decoder_model, reference
     out = tmp_path / "dec"
     delay = random.Random(0).uniform(0.5, 1.0) * seconds
     start = time.monotonic()
