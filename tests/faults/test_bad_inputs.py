@@ -11,7 +11,6 @@ preparation (own videos). Checkpoint files (missing, truncated, refused) are cov
 import logging
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -302,7 +301,7 @@ def test_own_videos_missing_or_empty_input_folder(tmp_path, case):
 # ----------------------------------------------------------------------------- decoding
 
 
-def test_decoding_missing_checkpoint_and_split_are_named(tmp_path, synthetic_corpus):
+def test_decoding_missing_checkpoint_is_named(tmp_path, synthetic_corpus):
     from omegaconf import OmegaConf
 
     from avhubert.infer_s2s import InferConfig, decode

@@ -8,7 +8,6 @@ reproduce the uninterrupted run byte for byte.
 """
 
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, List
