@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-done
 DEMO_OUT ?= demo_out
 APT_PACKAGES := ffmpeg espeak-ng libdlib-data
-# optional: tcmalloc makes CPU training ~20% faster (avhubert/fast_malloc.py); set-up goes on without it
+# optional: tcmalloc makes CPU training ~20% faster (demo/fast_malloc.py); set-up goes on without it
 APT_OPTIONAL := libtcmalloc-minimal4
 
 .PHONY: setup system-deps test test-slow test-faults test-gpu demo clean
@@ -56,7 +56,7 @@ test-gpu: setup
 	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m avhubert.demo --out-dir $(DEMO_OUT) $(DEMO_ARGS)
+	$(PY) -m demo.run --out-dir $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) outputs

@@ -1,4 +1,4 @@
-"""Speed of the built-in demo corpus generator (`preparation.demo_corpus.generate_corpus`).
+"""Speed of the built-in demo corpus generator (`demo.corpus.generate_corpus`).
 
 Generates a corpus from scratch into a temporary folder (or `--out-dir`, which must be empty
 or absent) and prints wall time, utterances per second, seconds of audio-visual data per
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from preparation.demo_corpus import SPLITS, CorpusConfig, generate_corpus
+from demo.corpus import SPLITS, CorpusConfig, generate_corpus
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         start = time.perf_counter()
         paths = generate_corpus(out, cfg, num_workers=args.num_workers, progress=False)
         wall = time.perf_counter() - start
-        from avhubert.features.manifest import read_manifest
+        from avdata.manifest import read_manifest
 
         rows = [r for s in SPLITS for r in read_manifest(paths.manifests[s])[1]]
         audio_sec = sum(r.num_audio_samples for r in rows) / 16000

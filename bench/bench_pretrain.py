@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench scripts ru
 from avhubert.dataset import AVHubertDataset  # noqa: E402
 from avhubert.model import AVHubertConfig, AVHubertModel  # noqa: E402
 from avhubert.task import AVHubertPretrainingConfig, LabelEncoder  # noqa: E402
-from preparation.make_synthetic_data import make_corpus  # noqa: E402
+from demo.synthetic_data import make_corpus  # noqa: E402
 
 BASE = dict(
     label_rate=25, encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,

@@ -53,7 +53,7 @@ def spec_keys() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_corpus(tmp_path_factory) -> Path:
     """16 train + 4 valid synthetic AV clips with 25 Hz `.km` and 100 Hz `.mfcc` labels."""
-    from preparation.make_synthetic_data import make_corpus
+    from demo.synthetic_data import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), {"train": 16, "valid": 4}, num_classes=8, seed=0)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from avhubert.features.audio import audio_features, read_wav
-from avhubert.features.manifest import read_manifest, resolve
-from avhubert.features.video import load_video, transform_video
+from avdata.audio import audio_features, read_wav
+from avdata.manifest import read_manifest, resolve
+from avdata.video import load_video, transform_video
 from clustering import dump_hubert_feature
 from clustering.dump_hubert_feature import AVHubertFeatureReader
 from clustering.run_iteration import IterationConfig, check_label_alignment, run_iteration
@@ -159,7 +159,7 @@ def _pretrain(corpus, label_dir, exp, *overrides):
 @pytest.mark.slow
 def test_two_iterations_with_pretraining(tmp_path):
     """MFCC labels -> pre-train -> features of the trained checkpoint -> km labels -> pre-train."""
-    from preparation.make_synthetic_data import make_corpus
+    from demo.synthetic_data import make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", {"train": 16, "valid": 4}, seed=1)
     iter1 = tmp_path / "iter1"

@@ -1,6 +1,6 @@
 """The demo's report: WER table, chance baseline and the WER-vs-SNR plot."""
 
-from avhubert.demo import CONDITIONS, chance_wer, plot, write_report
+from demo.run import CONDITIONS, chance_wer, plot, write_report
 
 
 def _grid(offset: float):

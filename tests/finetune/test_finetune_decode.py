@@ -40,7 +40,7 @@ def learn_data(tmp_path_factory) -> Path:
     """A task a tiny model learns in 100 updates: 32 train / 8 unseen valid (= test) utterances of 20-40
     frames whose transcript names every run of tone classes (a function of the audio), one sentencepiece
     piece per word (`model_type=word`, so CTC always fits in the frames)."""
-    from preparation.make_synthetic_data import WORDS, make_corpus
+    from demo.synthetic_data import WORDS, make_corpus
 
     data = make_corpus(tmp_path_factory.mktemp("learn"), {"train": 32, "valid": 8}, num_classes=8,
                        min_frames=20, max_frames=40, seed=1)

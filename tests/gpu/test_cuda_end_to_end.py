@@ -56,7 +56,7 @@ def assert_finite_losses(log: str, n: int) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Synthetic corpus + sentencepiece vocabulary (as tests/finetune)."""
-    from preparation.make_synthetic_data import make_corpus
+    from demo.synthetic_data import make_corpus
     from preparation.tokenizer import train_sentencepiece
 
     data = make_corpus(tmp_path_factory.mktemp("gpu_corpus"), {"train": 32, "valid": 4}, num_classes=8, seed=0)

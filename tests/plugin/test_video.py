@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from avhubert.features.video import VideoReadError, load_video, transform_video
-from preparation.make_synthetic_data import write_video
+from avdata.video import VideoReadError, load_video, transform_video
+from demo.synthetic_data import write_video
 
 
 def test_eval_transform_is_center_crop_and_normalised():

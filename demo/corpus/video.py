@@ -13,8 +13,9 @@ import os
 
 import numpy as np
 
-from ..common import VIDEO_FPS, atomic_write
-from ..media import count_video_frames
+from avdata.atomic import atomic_path
+from avdata.constants import VIDEO_FPS
+from preparation.media import count_video_frames
 
 __all__ = ["write_mp4v"]
 
@@ -31,7 +32,7 @@ def write_mp4v(path: str | os.PathLike, frames: np.ndarray, fps: float = VIDEO_F
     if frames.dtype != np.uint8 or frames.ndim != 3 or frames.shape[0] == 0:
         raise ValueError(f"write_mp4v expects non-empty uint8 [T, H, W] frames, got {frames.dtype} {frames.shape}")
     num_frames, height, width = frames.shape
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height), True)
         if not writer.isOpened():
             raise RuntimeError(f"OpenCV cannot open an mp4v writer for {tmp}")

@@ -32,8 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..common import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS, FailureLog, atomic_write, write_lines
-from ..media import count_video_frames, count_wav_samples, write_wav_int16
+from avdata.atomic import atomic_path, write_lines
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
+from preparation.common import FailureLog
+from preparation.media import count_video_frames, count_wav_samples, write_wav_int16
 from .render import render_mouth_frames
 from .speakers import Speaker, make_speakers
 from .speech import add_noise_floor, frame_envelope, pad_or_trim, resample, set_peak_level, to_int16
@@ -368,7 +370,7 @@ def _check_or_write_meta(out_dir: Path, cfg: CorpusConfig, speakers: Sequence[Sp
         "espeak_ng_version": _synthesizer().version(),
         "speakers": [s.to_dict() for s in speakers],
     }
-    with atomic_write(meta_path) as tmp:
+    with atomic_path(meta_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -410,9 +412,9 @@ def _write_text_outputs(
     paths: CorpusPaths, cfg: CorpusConfig, specs: Sequence[UtteranceSpec], results: Dict[str, object],
     noise: Sequence[NoiseSpec],
 ) -> None:
-    from avhubert.features.manifest import ManifestRow, write_manifest
+    from avdata.manifest import ManifestRow, write_manifest
 
-    from ..tokenizer import train_sentencepiece
+    from preparation.tokenizer import train_sentencepiece
 
     root = str(paths.out_dir)
     for split in SPLITS:
@@ -428,7 +430,7 @@ def _write_text_outputs(
     # every vocabulary word once, so that valid/test words are covered even by a tiny train split
     train_texts = [s.text for s in specs if s.split == "train"] + list(VOCABULARY)
     _, dict_path = train_sentencepiece(train_texts, paths.spm_model.with_suffix(""), cfg.vocab_size)
-    with atomic_write(paths.dictionary) as tmp:
+    with atomic_path(paths.dictionary) as tmp:
         shutil.copyfile(dict_path, tmp)
 
 
@@ -470,6 +472,6 @@ def generate_corpus(
         len(specs), generated, len(specs) - generated, len(noise), elapsed, num_workers,
     )
     _write_text_outputs(paths, cfg, specs, results, noise)
-    with atomic_write(done) as tmp:
+    with atomic_path(done) as tmp:
         tmp.write_text(cfg.digest() + "\n", encoding="utf-8")
     return paths

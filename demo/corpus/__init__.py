@@ -2,7 +2,7 @@
 
 `generate_corpus(out_dir, CorpusConfig(...))` writes the project's standard layout (manifests,
 `.wrd` transcripts, sentencepiece model and `dict.wrd.txt`, babble noise lists); the CLI is
-`python -m preparation.make_demo_corpus`. Modules: `vocabulary` (words, transcripts), `tts`
+`python -m demo.make_corpus`. Modules: `vocabulary` (words, transcripts), `tts`
 (libespeak-ng with phoneme timings), `speakers` (voices and faces), `visemes` (phonemes ->
 mouth shapes), `render` (mouth video), `speech` (audio post-processing), `corpus` (driver).
 """

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from avhubert.fast_malloc import find_tcmalloc, with_tcmalloc
+from demo.fast_malloc import find_tcmalloc, with_tcmalloc
 
 needs_tcmalloc = pytest.mark.skipif(find_tcmalloc() is None, reason="libtcmalloc-minimal4 not installed (optional)")
 

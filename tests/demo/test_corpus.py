@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preparation.demo_corpus import SAMPLES_PER_FRAME, SPLITS, VOCABULARY, CorpusConfig, generate_corpus
-from preparation.demo_corpus.render import render_mouth_frames
-from preparation.demo_corpus.speakers import make_speakers
-from preparation.demo_corpus.tts import ESPEAK_LIBRARY, EspeakSynthesizer, VoiceSettings
-from preparation.demo_corpus.visemes import OPEN, articulation_tracks, phone_targets
+from demo.corpus import SAMPLES_PER_FRAME, SPLITS, VOCABULARY, CorpusConfig, generate_corpus
+from demo.corpus.render import render_mouth_frames
+from demo.corpus.speakers import make_speakers
+from demo.corpus.tts import ESPEAK_LIBRARY, EspeakSynthesizer, VoiceSettings
+from demo.corpus.visemes import OPEN, articulation_tracks, phone_targets
 from preparation.media import read_video, read_wav_int16
 
 
@@ -54,7 +54,7 @@ def corpus(tmp_path_factory):
 
 
 def _rows(out: Path, split: str):
-    from avhubert.features.manifest import read_manifest
+    from avdata.manifest import read_manifest
 
     return read_manifest(out / f"{split}.tsv")
 
@@ -186,7 +186,7 @@ def _snapshot(out: Path):
 
 
 def test_same_seed_gives_identical_outputs_via_cli(corpus, tmp_path):
-    from preparation.make_demo_corpus import main
+    from demo.make_corpus import main
 
     out, _ = corpus
     again = tmp_path / "again"
@@ -243,7 +243,7 @@ def test_tts_is_seeded_and_timed():
 
 
 def test_visemes_close_for_bilabials_and_render_opening_monotonically():
-    from preparation.demo_corpus.tts import Phone
+    from demo.corpus.tts import Phone
 
     assert phone_targets("p")[0][OPEN] == 0.0 and phone_targets("A:")[0][OPEN] == 1.0
     assert len(phone_targets("aI")) == 2 and phone_targets("_:") == phone_targets("_")
