@@ -3,7 +3,7 @@
 Mirrors reference `avhubert/hubert_dataset.py` (`AVHubertDataset`, av_hubert@258fb50): sizes in
 video frames, filtering by size and label alignment (counted in the log), one crop offset
 shared by audio, video and frame labels, per-batch crop to the shortest (or pad to the longest
-with `pad_audio`). Feature math lives in `avhubert.features` (shared with clustering).
+with `pad_audio`). Feature math lives in `avdata` (shared with preparation and clustering).
 Deviations (fixes): both manifest paths are resolved against the root; labels are read as
 UTF-8 bytes; missing files are skipped and counted at load; every random choice (time-crop
 offset, image crop and flip, noise file and SNR) comes from a generator seeded by
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
-from .features.audio import audio_features, read_wav
-from .features.labels import LabelIndex
-from .features.manifest import read_manifest, resolve
-from .features.noise import mix_noise, parse_snr
-from .features.video import load_video, transform_video
+from avdata.audio import audio_features, read_wav
+from avdata.labels import LabelIndex
+from avdata.manifest import read_manifest, resolve
+from avdata.noise import mix_noise, parse_snr
+from avdata.video import load_video, transform_video
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avhubert.checkpoint import exit_on_checkpoint_error  # noqa: E402
-from avhubert.features.manifest import read_manifest, resolve  # noqa: E402
+from avdata.manifest import read_manifest, resolve  # noqa: E402
 from avhubert.language_model import load_language_model  # noqa: E402
 from avhubert.model import AVHubertModel  # noqa: E402
 from avhubert.model_asr import AVHubertCtc, CheckpointKindError  # noqa: E402

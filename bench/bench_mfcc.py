@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from avhubert.features.manifest import ManifestRow, write_manifest
+    from avdata.manifest import ManifestRow, write_manifest
     from clustering.dump_mfcc_feature import dump_mfcc_shard, mfcc_with_deltas
     from tests.clustering.synth import speech_like
 

@@ -7,7 +7,7 @@ Reads `{tsv_dir}/{split}.tsv`, takes shard `rank` of `nshard`, writes
     python -m clustering.dump_hubert_feature data/ train ckpt/iter1.pt 9 10 0 feats/iter2
 
 Reference parity (av_hubert@258fb50 `clustering/dump_hubert_feature.py`):
-- inputs are prepared with the evaluation transforms of `avhubert.features` (the same code as the
+- inputs are prepared with the evaluation transforms of `avdata.audio`/`avdata.video` (the same code as the
   dataset): audio = stacked log filterbank `[T, 26 * stack_order_audio]` forced to the decoded video
   length, per-frame layer norm when the task normalises; video = grayscale, /255, center crop
   `image_crop_size`, `(x - image_mean) / image_std`;
@@ -34,7 +34,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from avhubert.features.manifest import ManifestRow, resolve
+from avdata.manifest import ManifestRow, resolve
 from clustering.shards import NonFiniteFeatureError, dump_feature_shard
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ class AVHubertFeatureReader:
     # ------------------------------------------------------------------ inputs
     def load_inputs(self, video_path: Optional[str], audio_path: Optional[str]) -> ModelInputs:
         """Eval-transformed inputs of one utterance (options from the checkpoint's task config)."""
-        from avhubert.features.audio import audio_features, read_wav
-        from avhubert.features.video import load_video, transform_video
+        from avdata.audio import audio_features, read_wav
+        from avdata.video import load_video, transform_video
 
         if self.task_cfg is None:  # loader workers receive the task config already loaded
             self.load()
@@ -319,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from preparation.common import setup_logging
+    from avdata.procs import setup_logging
 
     setup_logging()
     raise SystemExit(main())

@@ -31,14 +31,13 @@ import joblib
 import numpy as np
 from tqdm import tqdm
 
+from avdata.atomic import atomic_path
+from avdata.markers import done_marker, is_done, mark_done
 from clustering.kmeans import nearest_centroid
 from clustering.shards import (
     NonFiniteFeatureError,
     describe_nonfinite,
-    done_marker,
-    is_done,
     load_feature_shard,
-    mark_done,
     nonfinite_rows,
     read_shard_rows,
     shard_name,
@@ -102,7 +101,7 @@ def dump_km_label(
     lab_dir_p = Path(lab_dir)
     lab_dir_p.mkdir(parents=True, exist_ok=True)
     out = lab_dir_p / f"{shard_name(split, rank, nshard)}.km"
-    marker = done_marker(lab_dir_p, "km", split, rank, nshard)
+    marker = done_marker(lab_dir_p, "km", rank, nshard, split=split)
     if not overwrite and is_done(marker, [out]):
         logger.info("skip %s: already done (%s)", out.name, marker.name)
         return False
@@ -118,10 +117,10 @@ def dump_km_label(
         ids = [r.id for r in read_shard_rows(Path(tsv_dir) / f"{split}.tsv", nshard, rank)[1]] if tsv_dir else None
         return describe_nonfinite(npy, bad_rows, lens, ids)
 
-    tmp = out.with_name(out.name + ".tmp")
     bar = tqdm(total=len(lens), desc=f"label {split} shard {rank}/{nshard}", disable=not progress or not sys.stderr.isatty())
     filled: List[np.ndarray] = []  # shard rows labelled after zero-filling
-    try:
+    # a refusal or error leaves nothing behind (a kill leaves only the temporary file)
+    with atomic_path(out) as tmp:
         with open(tmp, "w", encoding="ascii") as f:
             first = 0
             while first < len(lens):  # groups of whole utterances of about FRAMES_PER_STEP frames
@@ -146,11 +145,7 @@ def dump_km_label(
                     f.write(" ".join(map(str, labels[offsets[i] - base : offsets[i + 1] - base].tolist())) + "\n")
                 bar.update(last - first)
                 first = last
-    except NonFiniteFeatureError:  # a refusal leaves nothing behind (a crash leaves only the .tmp)
-        tmp.unlink(missing_ok=True)
-        raise
     bar.close()
-    os.replace(tmp, out)
     mark_done(marker)
     if filled:
         logger.warning("labelled after zero-filling (--skip-nonfinite): %s", describe(np.concatenate(filled)))
@@ -189,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from preparation.common import setup_logging
+    from avdata.procs import setup_logging
 
     setup_logging()
     raise SystemExit(main())

@@ -46,7 +46,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from avhubert.features.manifest import ManifestRow, resolve
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ as SAMPLE_RATE_HZ
+from avdata.manifest import ManifestRow, resolve
 from clustering.shards import NonFiniteFeatureError, dump_feature_shard
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ __all__ = [
     "main",
 ]
 
-SAMPLE_RATE_HZ = 16_000
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 PREEMPHASIS = 0.97
@@ -268,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from preparation.common import setup_logging
+    from avdata.procs import setup_logging
 
     setup_logging()
     raise SystemExit(main())

@@ -36,13 +36,13 @@ from typing import List, Optional
 import joblib
 import numpy as np
 
+from avdata.atomic import atomic_path
+from avdata.markers import is_done, mark_done
 from clustering.kmeans import DEFAULT_LLOYD_TOL, fit_kmeans, inertia
 from clustering.shards import (
     NonFiniteFeatureError,
     describe_nonfinite,
-    is_done,
     load_feature_shard,
-    mark_done,
     nonfinite_rows,
     read_shard_rows,
     shard_name,
@@ -118,14 +118,12 @@ def load_features(
 def save_model(model: object, km_path: str | os.PathLike) -> None:
     """joblib-dump `model` (or np.save its centroids for a `.npy` path) through a temp file."""
     km_path = Path(km_path)
-    km_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = km_path.with_name(km_path.name + ".tmp")
-    if km_path.suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(model.cluster_centers_, dtype=np.float32))
-    else:
-        joblib.dump(model, tmp)
-    os.replace(tmp, km_path)
+    with atomic_path(km_path) as tmp:
+        if km_path.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(model.cluster_centers_, dtype=np.float32))
+        else:
+            joblib.dump(model, tmp)
 
 
 def learn_kmeans(
@@ -235,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from preparation.common import setup_logging
+    from avdata.procs import setup_logging
 
     setup_logging()
     raise SystemExit(main())

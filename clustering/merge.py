@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import List
 
-from avhubert.features.manifest import read_manifest
+from avdata.manifest import read_manifest
 from clustering.shards import shard_name
-from preparation.common import write_lines
+from avdata.atomic import write_lines
 
 logger = logging.getLogger(__name__)
 

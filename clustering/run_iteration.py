@@ -11,7 +11,7 @@ Stages (`--stage`/`--stop-stage`; every shard step is resumable, see `clustering
    (ids 0..K-1, count 10000); `--label-ext mfcc` gives the naming iteration-1 configs expect.
 
 Jobs run in this process, in a local process pool (`--num-workers N`; the workers exit when this
-process dies, `preparation.procs`), or on Slurm through submitit when `--slurm-partition` is
+process dies, `avdata.procs`), or on Slurm through submitit when `--slurm-partition` is
 given. NaN/inf features stop the iteration with the shard, rows and utterance ids;
 `--skip-nonfinite` keeps them in the feature shards, drops them from k-means and labels them
 after zero-filling (`clustering.dump_km_label`), with counts in the log. Examples:
@@ -39,17 +39,18 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from avhubert.features.manifest import read_manifest
+from avdata.constants import VIDEO_FPS
+from avdata.manifest import read_manifest
+from avdata.sharding import slurm_executor
 from clustering.kmeans import DEFAULT_LLOYD_TOL
 from clustering.merge import merge_labels, write_cluster_dict
 from clustering.shards import NonFiniteFeatureError
-from preparation.procs import die_with_parent
+from avdata.procs import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IterationConfig", "run_iteration", "check_label_alignment", "build_parser", "main"]
 
-VIDEO_FPS = 25
 LABEL_RATE_HZ = {"mfcc": 100, "avhubert": 25}
 ALIGN_TOLERANCE_SEC = 0.1  # the dataset drops utterances whose labels differ more from the video
 
@@ -175,12 +176,7 @@ class SlurmRunner:
     """Runs jobs as a Slurm job array through submitit (imported only when used)."""
 
     def __init__(self, folder: str, partition: str, timeout_min: int = 240, gpus: int = 0, cpus: int = 8, mem_gb: int = 32) -> None:
-        import submitit
-
-        self.executor = submitit.AutoExecutor(folder=folder)
-        self.executor.update_parameters(
-            slurm_partition=partition, timeout_min=timeout_min, gpus_per_node=gpus, cpus_per_task=cpus, mem_gb=mem_gb,
-        )
+        self.executor = slurm_executor(folder, partition, timeout_min, cpus, gpus_per_node=gpus, mem_gb=mem_gb)
 
     def map(self, fn: Callable[..., Any], arg_lists: Sequence[Tuple]) -> List[Any]:
         if not arg_lists:
@@ -300,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from preparation.common import setup_logging
+    from avdata.procs import setup_logging
 
     setup_logging()
     raise SystemExit(main())

@@ -7,14 +7,15 @@ Formats (fairseq `examples/hubert/simple_kmeans`, as used by reference `avhubert
 - `{feat_dir}/{split}_{rank}_{nshard}.len`: one line per utterance, its frame count `T_i`;
 - `{lab_dir}/{split}_{rank}_{nshard}.km`: one line per utterance, space-separated cluster ids.
 
-Sharding: `preparation.common.shard_range` (the one shard formula of the project): shard `rank` of
+Sharding: `avdata.sharding.shard_range` (the one shard formula of the project): shard `rank` of
 `nshard` is the contiguous block of `ceil(n / nshard)` manifest rows starting at
 `rank * ceil(n / nshard)` (reference `get_path_iterator`); unlike the reference, an empty trailing
 shard is allowed and yields empty outputs.
 
-Resumability: every output is written to `<path>.tmp` and renamed; a shard is finished when its
-marker `.{step}.{split}_{rank}_{nshard}.done` exists next to the outputs. A rerun skips finished
-shards and redoes any other (a leftover `.tmp` is never taken as output).
+Resumability: every output is written to a temporary name (`{stem}.tmp{suffix}`, `avdata.atomic`)
+and renamed; a shard is finished when its marker `.{step}.{split}_{rank}_{nshard}.done`
+(`avdata.markers`) exists next to the outputs. A rerun skips finished shards and redoes any other
+(a leftover temporary file is never taken as output).
 
 Non-finite features (NaN or inf, e.g. from a diverged checkpoint or a float wav holding NaN samples)
 are refused where they appear: the feature dump stops before the shard is written
@@ -31,18 +32,16 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from avhubert.features.manifest import ManifestRow, read_manifest
-from preparation.common import shard_range, write_lines
+from avdata.atomic import fsync_path, temp_name, write_lines
+from avdata.manifest import ManifestRow, read_manifest
+from avdata.markers import done_marker, is_done, mark_done
+from avdata.sharding import shard_range
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "shard_range",
     "shard_name",
     "read_shard_rows",
-    "done_marker",
-    "is_done",
-    "mark_done",
     "NpyStreamWriter",
     "read_lengths",
     "load_feature_shard",
@@ -127,35 +126,19 @@ def read_shard_rows(tsv_path: str | os.PathLike, nshard: int, rank: int) -> Tupl
     return root, rows[start:end]
 
 
-def done_marker(out_dir: str | os.PathLike, step: str, split: str, rank: int, nshard: int) -> Path:
-    """Path of the `.done` marker of one shard of one step (e.g. step `feat` or `km`)."""
-    return Path(out_dir) / f".{step}.{shard_name(split, rank, nshard)}.done"
-
-
-def is_done(marker: Path, outputs: Sequence[Path]) -> bool:
-    """True when the marker and every output exist (an output deleted later means: redo)."""
-    return marker.is_file() and all(p.is_file() for p in outputs)
-
-
-def mark_done(marker: Path) -> None:
-    """Create the marker (atomically: an empty temp file renamed)."""
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text("")
-    os.replace(tmp, marker)
-
-
 class NpyStreamWriter:
     """Append `[t, D]` float32 blocks to a `.npy` file without holding them in memory.
 
-    Writes to `path.tmp` with a fixed-size header, rewrites the header with the final shape on
-    `close()` and renames to `path`; an interrupted writer leaves only the `.tmp` file.
+    Writes to `avdata.atomic.temp_name(path)` with a fixed-size header, rewrites the header with
+    the final shape on `close()`, fsyncs and renames to `path`; an interrupted writer leaves only
+    the temporary file.
     `dim` may be left `None` and is taken from the first block (an empty file gets `[0, 0]` unless
     `dim` is given).
     """
 
     def __init__(self, path: str | os.PathLike, dim: Optional[int] = None, dtype: str = "<f4") -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = temp_name(self.path)
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self.rows = 0
@@ -188,6 +171,7 @@ class NpyStreamWriter:
         self._f.seek(0)
         self._f.write(self._header(self.rows))
         self._f.close()
+        fsync_path(self.tmp)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -259,7 +243,7 @@ def dump_feature_shard(
     feat_dir.mkdir(parents=True, exist_ok=True)
     base = feat_dir / shard_name(split, rank, nshard)
     npy, len_path = base.with_suffix(".npy"), base.with_suffix(".len")
-    marker = done_marker(feat_dir, "feat", split, rank, nshard)
+    marker = done_marker(feat_dir, "feat", rank, nshard, split=split)
     if not overwrite and is_done(marker, [npy, len_path]):
         logger.info("skip %s: already done (%s)", base.name, marker.name)
         return False

@@ -5,7 +5,7 @@ spellings `--video-direc --landmark-direc --filename-path --save-direc --mean-fa
         --filename-path $LRS3/file.list --save-direc $LRS3/video --mean-face 20words_mean_face.npy
 """
 
-from preparation.common import setup_logging
+from avdata.procs import setup_logging
 from preparation.crop_mouth_rois import main
 
 __all__ = ["main"]

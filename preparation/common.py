@@ -1,12 +1,13 @@
-"""Shared helpers for every preparation step: sharding, atomic writes, done markers, ffmpeg,
-failure logs, the per-item worker loop and the common CLI flags.
+"""Helpers specific to the preparation steps: ffmpeg, failure logs, the per-item worker loop,
+list files and the common CLI flags. Sharding, atomic writes, done markers and the rates live in
+`avdata` (shared with clustering and the plugin).
 
 Conventions (STYLE.md 7.6):
 
-- Inputs come from a sorted id list; shard `rank` of `nshard` is the contiguous block
-  `[rank * n, (rank + 1) * n)` with `n = ceil(total / nshard)` (reference spec section 6).
-- Outputs are written to `<out>.tmp` and renamed (`atomic_write`).
-- A shard that finished with zero failures touches `.{step}.{rank}_{nshard}.done`.
+- Inputs come from a sorted id list, sharded with `avdata.sharding.shard_items`.
+- Outputs are written through `avdata.atomic` (temp name in the same folder, renamed).
+- A shard that finished with zero failures gets its `avdata.markers` marker
+  `.{step}.{rank}_{nshard}.done`.
 - Per-item failures go to `failures.{step}.{rank}_{nshard}.tsv` (`id<TAB>error`) and make the
   CLI exit non-zero.
 - ffmpeg is always called with an argument list and a checked return code (`run_ffmpeg`).
@@ -15,9 +16,7 @@ Conventions (STYLE.md 7.6):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -25,22 +24,16 @@ import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-from preparation.procs import die_with_parent
+from avdata.atomic import write_lines
+from avdata.markers import done_marker, mark_done
+from avdata.procs import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "VIDEO_FPS",
-    "AUDIO_SAMPLE_RATE_HZ",
     "FFmpegError",
-    "shard_range",
-    "shard_items",
-    "atomic_write",
-    "done_marker",
-    "is_done",
-    "mark_done",
     "find_ffmpeg",
     "run_ffmpeg",
     "FailureLog",
@@ -51,14 +44,9 @@ __all__ = [
     "add_alias",
     "HelpFormatter",
     "read_list",
-    "write_lines",
-    "setup_logging",
     "set_verbosity",
-    "maybe_submit_slurm",
 ]
 
-VIDEO_FPS = 25
-AUDIO_SAMPLE_RATE_HZ = 16_000
 FFMPEG_STDERR_TAIL_LINES = 15
 
 
@@ -67,66 +55,8 @@ class FFmpegError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# sharding
+# list files
 # --------------------------------------------------------------------------------------------
-
-
-def shard_range(total: int, nshard: int, rank: int) -> Tuple[int, int]:
-    """Return `(start, end)` of shard `rank` of `nshard` over `total` items.
-
-    Reference parity: `num_per_shard = ceil(total / nshard)`, shard `rank` takes
-    `[rank * n, (rank + 1) * n)` clipped to `total`; trailing shards may be empty.
-    """
-    if nshard < 1:
-        raise ValueError(f"nshard must be >= 1, got {nshard}")
-    if not 0 <= rank < nshard:
-        raise ValueError(f"rank must be in [0, {nshard}), got {rank}")
-    per_shard = math.ceil(total / nshard) if total else 0
-    start = min(rank * per_shard, total)
-    end = min((rank + 1) * per_shard, total)
-    logger.info("rank %d/%d: %d items (%d-%d) of %d", rank, nshard, end - start, start, end, total)
-    return start, end
-
-
-def shard_items(items: Sequence, nshard: int, rank: int) -> list:
-    """The items of shard `rank` (see `shard_range`)."""
-    start, end = shard_range(len(items), nshard, rank)
-    return list(items[start:end])
-
-
-# --------------------------------------------------------------------------------------------
-# atomic outputs and done markers
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
-
-    The temporary name keeps the extension (`clip.tmp.mp4`) so tools that pick a format from
-    the file name (ffmpeg, OpenCV, numpy) still work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"atomic_write: the block did not write {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
-    """Write text lines (newline-terminated) atomically."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(f"{line}\n")
 
 
 def read_list(path: str | os.PathLike) -> List[str]:
@@ -136,22 +66,6 @@ def read_list(path: str | os.PathLike) -> List[str]:
         raise FileNotFoundError(f"list file not found: {path}")
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\r\n") for line in f if line.strip()]
-
-
-def done_marker(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> Path:
-    """Path of the `.{step}.{rank}_{nshard}.done` marker."""
-    return Path(out_dir) / f".{step}.{rank}_{nshard}.done"
-
-
-def is_done(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> bool:
-    return done_marker(out_dir, step, rank, nshard).exists()
-
-
-def mark_done(out_dir: str | os.PathLike, step: str, rank: int, nshard: int) -> Path:
-    marker = done_marker(out_dir, step, rank, nshard)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    return marker
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +178,7 @@ def run_items(
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="item")
     if num_workers > 1 and len(todo) > 1:
         # "spawn": forking a process that holds OpenCV/dlib threads can deadlock the children.
-        # Workers exit when this process dies (e.g. OOM-killed): preparation.procs.
+        # Workers exit when this process dies (e.g. OOM-killed): avdata.procs.
         with ProcessPoolExecutor(
             max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=die_with_parent, initargs=(os.getpid(),),
@@ -306,7 +220,7 @@ def finish_shard(result: StepResult, out_dir: str | os.PathLike, step: str, rank
         len(result.failures),
     )
     if result.ok:
-        mark_done(out_dir, step, rank, nshard)
+        mark_done(done_marker(out_dir, step, rank, nshard))
         return 0
     logger.error("%d failures listed in %s", len(result.failures), failures_path)
     return 1
@@ -351,62 +265,7 @@ def add_common_args(parser: argparse.ArgumentParser, sharded: bool = True) -> No
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
-def setup_logging() -> None:
-    """Configure the root logger at INFO; call from `__main__` only."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def set_verbosity(verbose: bool) -> None:
     """`--verbose`: debug messages from the preparation package."""
     if verbose:
         logging.getLogger("preparation").setLevel(logging.DEBUG)
-
-
-def _run_shard(main: Callable[[List[str]], int], argv: List[str], rank: int, nshard: int) -> int:
-    return main(list(argv) + ["--rank", str(rank), "--nshard", str(nshard)])
-
-
-def maybe_submit_slurm(
-    args: argparse.Namespace, main: Callable[[List[str]], int], argv: Optional[Sequence[str]], job_name: str
-) -> Optional[int]:
-    """If `--slurm-partition` was given, submit one Slurm array task per shard and return 0.
-
-    Returns `None` when no partition was given (run locally). `submitit` is imported only here.
-    The submitted tasks call `main(argv + ['--rank', r, '--nshard', N])` without the Slurm flag.
-    """
-    if not getattr(args, "slurm_partition", None):
-        return None
-    try:
-        import submitit
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("--slurm-partition needs submitit: `pip install submitit`") from exc
-    argv = _strip_flags(list(argv or []), {"--slurm-partition", "--slurm_partition", "--rank", "--nshard"})
-    executor = submitit.AutoExecutor(folder=args.slurm_log_dir)
-    executor.update_parameters(
-        slurm_partition=args.slurm_partition,
-        timeout_min=args.slurm_time_min,
-        cpus_per_task=args.slurm_cpus,
-        name=job_name,
-        slurm_array_parallelism=args.nshard,
-    )
-    jobs = executor.map_array(
-        _run_shard, [main] * args.nshard, [argv] * args.nshard, list(range(args.nshard)), [args.nshard] * args.nshard
-    )
-    logger.info("submitted %d Slurm tasks: %s", len(jobs), ", ".join(j.job_id for j in jobs))
-    return 0
-
-
-def _strip_flags(argv: List[str], flags: set) -> List[str]:
-    """Remove `--flag value` and `--flag=value` occurrences of `flags` from `argv`."""
-    out: List[str] = []
-    skip = False
-    for tok in argv:
-        if skip:
-            skip = False
-            continue
-        name = tok.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in tok
-            continue
-        out.append(tok)
-    return out

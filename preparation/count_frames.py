@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from avdata import atomic, markers, procs, sharding
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -86,13 +87,13 @@ def merge_counts(out_dir: str | Path, nshard: int) -> Tuple[Path, Path]:
     missing_lines: List[str] = []
     for rank in range(nshard):
         counts_path, missing_path = shard_paths(out_dir, rank, nshard)
-        if not common.is_done(out_dir, STEP, rank, nshard):
+        if not markers.is_done(markers.done_marker(out_dir, STEP, rank, nshard)):
             raise FileNotFoundError(f"shard {rank}/{nshard} of {STEP} is not finished in {out_dir}")
         counts_lines += common.read_list(counts_path) if counts_path.stat().st_size else []
         missing_lines += common.read_list(missing_path) if missing_path.stat().st_size else []
     merged, missing = out_dir / MERGED_NAME, out_dir / MISSING_NAME
-    common.write_lines(merged, counts_lines)
-    common.write_lines(missing, missing_lines)
+    atomic.write_lines(merged, counts_lines)
+    atomic.write_lines(missing, missing_lines)
     logger.info("merged %d shards: %d counted, %d missing", nshard, len(counts_lines), len(missing_lines))
     return merged, missing
 
@@ -127,22 +128,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.merge:
         merge_counts(args.out_dir, args.nshard)
         return 0
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
-    if common.is_done(args.out_dir, STEP, args.rank, args.nshard) and not args.overwrite:
+    if markers.is_done(markers.done_marker(args.out_dir, STEP, args.rank, args.nshard)) and not args.overwrite:
         logger.info("shard %d/%d already counted; skipping (--overwrite to redo)", args.rank, args.nshard)
         return 0
-    ids = common.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
+    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
     result, counts, missing = count_frames(ids, args.video_dir, args.audio_dir, args.num_workers, not args.no_progress)
     counts_path, missing_path = shard_paths(args.out_dir, args.rank, args.nshard)
-    common.write_lines(counts_path, (f"{i}\t{v}\t{a}" for i, (v, a) in counts.items()))
-    common.write_lines(missing_path, missing)
+    atomic.write_lines(counts_path, (f"{i}\t{v}\t{a}" for i, (v, a) in counts.items()))
+    atomic.write_lines(missing_path, missing)
     if missing:
         logger.warning("%d ids have no video or wav; listed in %s", len(missing), missing_path)
     return common.finish_shard(result, args.out_dir, STEP, args.rank, args.nshard)
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -32,6 +32,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from avdata import constants, procs, sharding
 from . import common
 from .mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
 
@@ -103,7 +104,7 @@ def crop_one(video_path: str | Path, landmarks_path: str | Path, out_path: str |
     frames, _ = read_video(video_path)
     landmarks = load_landmarks(landmarks_path)
     crops = crop_frames(frames, landmarks, cfg.mean_face, cfg.options, cfg.no_face)
-    write_video(out_path, crops, fps=common.VIDEO_FPS, ffmpeg=cfg.ffmpeg)
+    write_video(out_path, crops, fps=constants.VIDEO_FPS, ffmpeg=cfg.ffmpeg)
     return len(crops)
 
 
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
     options = CropOptions(
@@ -190,11 +191,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.ffmpeg,
         args.video_ext,
     )
-    ids = common.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
+    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
     result = crop_mouth_rois(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
     return common.finish_shard(result, args.out_dir, STEP, args.rank, args.nshard)
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -5,7 +5,7 @@ spellings `--root --landmark --manifest --cnn_detector --face_predictor` are acc
         --manifest $LRS3/file.list --cnn_detector F --face_predictor F --rank 0 --nshard 1
 """
 
-from preparation.common import setup_logging
+from avdata.procs import setup_logging
 from preparation.detect_landmarks import main
 
 __all__ = ["main"]

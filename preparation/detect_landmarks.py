@@ -30,6 +30,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from avdata import procs, sharding
 from . import common
 from .landmarks import (
     FaceLandmarker,
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
     options = LandmarkOptions(
@@ -177,11 +178,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = DetectConfig(
         args.video_dir, args.landmark_dir, args.face_predictor, args.cnn_detector, options, args.video_ext
     )
-    ids = common.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
+    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
     result = detect_landmarks(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
     return common.finish_shard(result, args.landmark_dir, STEP, args.rank, args.nshard)
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from avdata import procs, sharding
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -81,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
-    ids = common.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
+    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
     result = extract_audio(
         ids,
         args.video_dir,
@@ -99,5 +100,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

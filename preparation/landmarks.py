@@ -27,6 +27,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from avdata.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -254,12 +256,10 @@ class FaceLandmarker:
 
 def save_landmarks(path: str | os.PathLike, landmarks: np.ndarray) -> None:
     """Write `[T, 68, 2]` float32 landmarks (NaN = missing) as `.npy`, atomically."""
-    from .common import atomic_write
-
     landmarks = np.asarray(landmarks, dtype=np.float32)
     if landmarks.ndim != 3 or landmarks.shape[1:] != (NUM_LANDMARKS, 2):
         raise ValueError(f"landmarks must be [T, 68, 2], got {landmarks.shape}")
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         np.save(tmp, landmarks, allow_pickle=False)
 
 

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from avdata import atomic, procs
 from . import common
 from .lrs3_segment import CSV_NAME, parse_lrs3_txt, read_segments
 
@@ -70,12 +71,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("%s and %s exist; skipping (--overwrite to redo)", file_list, label_list)
         return 0
     ids, texts = list_lrs3(lrs3, include_pretrain=not args.no_pretrain)
-    common.write_lines(label_list, texts)
-    common.write_lines(file_list, ids)
+    atomic.write_lines(label_list, texts)
+    atomic.write_lines(file_list, ids)
     logger.info("wrote %d ids to %s and %s", len(ids), file_list, label_list)
     return 0
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

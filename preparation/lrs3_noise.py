@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from avdata import atomic, constants, procs
 from . import common
 from .mix_babble import long_enough, read_wav_list, write_mixture
 from .noise_sets import read_16k_mono, split_items
@@ -40,14 +41,14 @@ def make_babble(wavs: List[str], out_dir: Path, num_speakers: int, min_sec: floa
     out = out_dir / "babble" / "noise.wav"
     write_mixture(0, pool, out, num_speakers, seed)
     for split in ("valid", "test"):
-        common.write_lines(out_dir / "babble" / f"{split}.tsv", [str(out.resolve())])
+        atomic.write_lines(out_dir / "babble" / f"{split}.tsv", [str(out.resolve())])
     return out
 
 
 def make_speech(wavs: List[str], out_dir: Path, seconds: float) -> List[List[str]]:
     from .media import count_wav_samples, write_wav_int16
 
-    n = int(seconds * common.AUDIO_SAMPLE_RATE_HZ)
+    n = int(seconds * constants.AUDIO_SAMPLE_RATE_HZ)
     written = []
     for wav in wavs:
         if count_wav_samples(wav) <= n:
@@ -59,7 +60,7 @@ def make_speech(wavs: List[str], out_dir: Path, seconds: float) -> List[List[str
         written.append(str(out.resolve()))
     parts = split_items(written, SPEECH_FRACTIONS, seed=0, shuffle=False)
     for split, part in zip(("train", "valid", "test"), parts):
-        common.write_lines(out_dir / "speech" / f"{split}.tsv", part)
+        atomic.write_lines(out_dir / "speech" / f"{split}.tsv", part)
     return parts
 
 
@@ -90,5 +91,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from avdata import atomic, procs
 from . import common, extract_audio, lrs3_lists, lrs3_segment, lrs3_trim
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.step == 3:
         ids, _ = lrs3_lists.list_lrs3(lrs3, include_pretrain=False)
         id_list = lrs3 / "trainval_test.list"
-        common.write_lines(id_list, ids)
+        atomic.write_lines(id_list, ids)
         return extract_audio.main(
             ["--video-dir", str(lrs3), "--file-list", str(id_list), "--audio-dir", str(lrs3 / "audio")]
             + shard
@@ -59,5 +60,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

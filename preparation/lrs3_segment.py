@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from avdata import atomic, procs
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _log_lengths(segments: List[Segment], lrs3_dir: Path, max_len_sec: float) ->
 
 def write_segments(path: str | Path, segments: Sequence[Segment]) -> None:
     """Write `id,text,start,end` CSV (times with 3 decimals), atomically."""
-    with common.atomic_write(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "text", "start", "end"])
@@ -190,5 +191,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

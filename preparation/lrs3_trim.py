@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from avdata import constants, procs, sharding
 from . import common
 from .lrs3_segment import CSV_NAME, Segment, read_segments
 
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 STEP = "lrs3_trim"
 FPS_TOLERANCE = 0.05
-SAMPLES_PER_MS = common.AUDIO_SAMPLE_RATE_HZ // 1000
+SAMPLES_PER_MS = constants.AUDIO_SAMPLE_RATE_HZ // 1000
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _outputs(lrs3_dir: Path, seg_id: str) -> tuple[Path, Path]:
 def decode_audio(path: str | Path, ffmpeg: Optional[str] = None) -> np.ndarray:
     """The first audio stream of `path` as 16 kHz mono int16 samples `[N]`."""
     raw = common.run_ffmpeg(
-        ["-i", str(path), "-vn", "-ac", "1", "-ar", str(common.AUDIO_SAMPLE_RATE_HZ), "-f", "s16le", "-"],
+        ["-i", str(path), "-vn", "-ac", "1", "-ar", str(constants.AUDIO_SAMPLE_RATE_HZ), "-f", "s16le", "-"],
         ffmpeg=ffmpeg,
     )
     return np.frombuffer(raw, dtype=np.int16)
@@ -98,19 +99,19 @@ def trim_source(
     if not todo:
         return 0
     frames, fps = read_video(video_path)
-    if abs(fps - common.VIDEO_FPS) > FPS_TOLERANCE:
-        raise ValueError(f"{video_path}: expected {common.VIDEO_FPS} fps, got {fps:.3f}")
+    if abs(fps - constants.VIDEO_FPS) > FPS_TOLERANCE:
+        raise ValueError(f"{video_path}: expected {constants.VIDEO_FPS} fps, got {fps:.3f}")
     audio = decode_audio(video_path, ffmpeg)
     n = len(frames)
     for seg in todo:
-        first = floor(seg.start_sec * common.VIDEO_FPS)
-        last = n if seg.end_sec < 0 else min(floor(seg.end_sec * common.VIDEO_FPS), n)
+        first = floor(seg.start_sec * constants.VIDEO_FPS)
+        last = n if seg.end_sec < 0 else min(floor(seg.end_sec * constants.VIDEO_FPS), n)
         if last <= first:
             raise ValueError(f"{seg.id}: empty segment ({seg.start_sec}-{seg.end_sec} s) of a {n}-frame video")
         a0 = int(seg.start_sec * 1000) * SAMPLES_PER_MS
         a1 = len(audio) if seg.end_sec < 0 else int(seg.end_sec * 1000) * SAMPLES_PER_MS
         video_out, audio_out = _outputs(lrs3_dir, seg.id)
-        write_video(video_out, frames[first:last], fps=common.VIDEO_FPS, ffmpeg=ffmpeg)
+        write_video(video_out, frames[first:last], fps=constants.VIDEO_FPS, ffmpeg=ffmpeg)
         write_wav_int16(audio_out, np.ascontiguousarray(audio[a0:a1]))
     return len(todo)
 
@@ -139,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
     common.find_ffmpeg(args.ffmpeg)
     cfg = TrimConfig(str(args.lrs3), str(args.csv or Path(args.lrs3) / CSV_NAME), args.ffmpeg, args.overwrite)
-    sources = common.shard_items(sorted(segments_by_source(cfg.csv_path)), args.nshard, args.rank)
+    sources = sharding.shard_items(sorted(segments_by_source(cfg.csv_path)), args.nshard, args.rank)
     result, _ = common.run_items(
         sources,
         functools.partial(_work, cfg=cfg),
@@ -157,5 +158,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Build `.tsv` manifests and `.wrd` label files from ids, frame counts and transcripts.
 
-The manifest schema is `avhubert.features.manifest` (root line, then `id, video, audio,
+The manifest schema is `avdata.manifest` (root line, then `id, video, audio,
 n_video_frames, n_audio_samples`). By default the root is the dataset folder and paths are
 relative to it (`video/{id}.mp4`, `audio/{id}.wav`), so a prepared folder can be moved;
 `absolute=True` writes the reference's layout (root `/`, absolute paths).
@@ -8,40 +8,17 @@ relative to it (`video/{id}.mp4`, `audio/{id}.wav`), so a prepared folder can be
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import common
+from avdata import atomic
+from avdata.manifest import ManifestRow, write_manifest
 
 logger = logging.getLogger(__name__)
 
-_PRIVATE_NAME = "_preparation_avhubert_manifest"
-
-__all__ = ["manifest_api", "make_rows", "write_split", "normalize_transcript"]
-
-
-def manifest_api():
-    """The `avhubert.features.manifest` module.
-
-    Preparation must not import fairseq (STYLE 7.6), and importing `avhubert.features.manifest`
-    normally runs `avhubert/__init__.py`, which registers fairseq components. So the module
-    file is loaded on its own when the package is not imported yet."""
-    for name in ("avhubert.features.manifest", _PRIVATE_NAME):
-        if name in sys.modules:
-            return sys.modules[name]
-    spec = importlib.util.find_spec("avhubert")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the avhubert package is not importable; run from the repository root or install it")
-    path = Path(list(spec.submodule_search_locations)[0]) / "features" / "manifest.py"
-    mod_spec = importlib.util.spec_from_file_location(_PRIVATE_NAME, path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[_PRIVATE_NAME] = module
-    mod_spec.loader.exec_module(module)
-    return module
+__all__ = ["make_rows", "write_split", "normalize_transcript"]
 
 
 def normalize_transcript(text: str) -> str:
@@ -56,12 +33,11 @@ def make_rows(
     video_dir: str | Path,
     audio_dir: str | Path,
     absolute: bool = False,
-) -> Tuple[list, List[str]]:
+) -> Tuple[List[ManifestRow], List[str]]:
     """Manifest rows for the ids that have counts; returns `(rows, ids without counts)`.
 
     Paths are `{video_dir}/{id}.mp4` and `{audio_dir}/{id}.wav`, written relative to `root`
     unless `absolute`."""
-    api = manifest_api()
     root = Path(root).resolve()
     rows, missing = [], []
     for item_id in ids:
@@ -73,7 +49,7 @@ def make_rows(
         if not absolute:
             video, audio = Path(os.path.relpath(video, root)), Path(os.path.relpath(audio, root))
         n_video, n_audio = counts[item_id]
-        rows.append(api.ManifestRow(item_id, str(video), str(audio), n_video, n_audio))
+        rows.append(ManifestRow(item_id, str(video), str(audio), n_video, n_audio))
     return rows, missing
 
 
@@ -81,18 +57,17 @@ def write_split(
     out_dir: str | Path,
     split: str,
     root: str | Path,
-    rows: list,
+    rows: Sequence[ManifestRow],
     transcripts: Optional[Dict[str, str]] = None,
     absolute: bool = False,
 ) -> Path:
     """Write `{out_dir}/{split}.tsv` and, given transcripts, `{out_dir}/{split}.wrd` (one
     lower-cased line per manifest row). Returns the tsv path."""
-    api = manifest_api()
     out_dir = Path(out_dir)
     tsv = out_dir / f"{split}.tsv"
-    api.write_manifest(tsv, "/" if absolute else str(Path(root).resolve()), rows)
+    write_manifest(tsv, "/" if absolute else str(Path(root).resolve()), rows)
     if transcripts is not None:
-        common.write_lines(out_dir / f"{split}.wrd", (normalize_transcript(transcripts[r.id]) for r in rows))
+        atomic.write_lines(out_dir / f"{split}.wrd", (normalize_transcript(transcripts[r.id]) for r in rows))
     logger.info("%s: %d rows", tsv, len(rows))
     return tsv
 

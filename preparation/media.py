@@ -14,7 +14,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .common import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS, FFmpegError, atomic_write, run_ffmpeg
+from avdata.atomic import atomic_path
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
+
+from .common import FFmpegError, run_ffmpeg
 
 __all__ = [
     "read_video",
@@ -120,7 +123,7 @@ def write_video(
     if frames.shape[0] == 0:
         raise ValueError(f"write_video: no frames to write to {path}")
     height, width = frames.shape[1:3]
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         run_ffmpeg(
             [
                 "-f",
@@ -162,7 +165,7 @@ def convert_fps(
 ) -> None:
     """Re-encode `src` to constant `fps` (video only) with ffmpeg's timestamp-based `fps`
     filter, which handles variable-frame-rate input; a clip of duration D gets ~D*fps frames."""
-    with atomic_write(dst) as tmp:
+    with atomic_path(dst) as tmp:
         run_ffmpeg(
             [
                 "-i",
@@ -196,7 +199,7 @@ def extract_wav(
     Raises `NoAudioTrackError` (one line: the file, "has no audio track", what to do) when `src`
     has no audio stream, instead of ffmpeg's "Output file #0 does not contain any stream"."""
     try:
-        with atomic_write(dst) as tmp:
+        with atomic_path(dst) as tmp:
             run_ffmpeg(
                 [
                     "-i",
@@ -250,5 +253,5 @@ def write_wav_int16(path: str | os.PathLike, samples: np.ndarray, rate: int = AU
     if samples.dtype != np.int16:
         raise TypeError(f"write_wav_int16 expects int16 samples, got {samples.dtype}")
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), samples, rate, subtype="PCM_16", format="WAV")

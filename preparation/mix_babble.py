@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from avdata import atomic, constants, procs, sharding
+from avdata.manifest import read_manifest, resolve
 from . import common
 from .noise_sets import babble, pick, read_16k_mono
 
@@ -41,11 +43,8 @@ def read_wav_list(path: str | Path) -> List[str]:
     """Wav paths from a plain list or a 5-column manifest (audio column, resolved)."""
     lines = common.read_list(path)
     if len(lines) > 1 and len(lines[1].split("\t")) == 5:
-        from .manifests import manifest_api
-
-        api = manifest_api()
-        root, rows = api.read_manifest(path)
-        return [api.resolve(root, r.audio) for r in rows if r.audio]
+        root, rows = read_manifest(path)
+        return [resolve(root, r.audio) for r in rows if r.audio]
     return lines
 
 
@@ -67,7 +66,7 @@ def long_enough(paths: Sequence[str], min_sec: float) -> List[str]:
     """The paths whose wav lasts at least `min_sec` (header read only)."""
     from .media import count_wav_samples
 
-    min_samples = int(min_sec * common.AUDIO_SAMPLE_RATE_HZ)
+    min_samples = int(min_sec * constants.AUDIO_SAMPLE_RATE_HZ)
     return [p for p in paths if count_wav_samples(p) >= min_samples]
 
 
@@ -120,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, STEP)
+    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
     pool = long_enough(read_wav_list(args.wav_list), args.min_sec)
-    indices = common.shard_items(list(range(args.num_mixtures)), args.nshard, args.rank)
+    indices = sharding.shard_items(list(range(args.num_mixtures)), args.nshard, args.rank)
     result = mix_babble(
         pool,
         args.out_dir,
@@ -138,12 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     if args.nshard == 1:
         out = Path(args.out_dir).resolve()
-        common.write_lines(
+        atomic.write_lines(
             out / f"{args.prefix}.tsv", (str(out / f"{args.prefix}-{i:05d}.wav") for i in range(args.num_mixtures))
         )
     return common.finish_shard(result, args.out_dir, STEP, args.rank, args.nshard)
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -31,6 +31,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from avdata import atomic, constants, procs, sharding
 from . import common
 from .mix_babble import mix_babble
 from .noise_sets import chunk_bounds, read_16k_mono, split_items
@@ -61,7 +62,7 @@ def chunk_file(rel: str, musan: str | Path, chunk_sec: float = CHUNK_SEC) -> int
 
     musan = Path(musan)
     samples = read_16k_mono(musan / f"{rel}.wav")
-    chunk = int(chunk_sec * common.AUDIO_SAMPLE_RATE_HZ)
+    chunk = int(chunk_sec * constants.AUDIO_SAMPLE_RATE_HZ)
     if len(samples) <= chunk:
         return 0
     bounds = chunk_bounds(len(samples), chunk)
@@ -90,7 +91,7 @@ def split_speakers(musan: Path, seed: int) -> Dict[str, List[str]]:
     speakers = sorted({p.relative_to(short).as_posix().rsplit("-", 1)[0] for p in (short / "speech").glob("*/*.wav")})
     parts = dict(zip(SPLITS, split_items(speakers, SPEAKER_FRACTIONS, seed)))
     for split, names in parts.items():
-        common.write_lines(short / "speech" / f"spk.{split}", names)
+        atomic.write_lines(short / "speech" / f"spk.{split}", names)
     logger.info("speech speakers: %s", {k: len(v) for k, v in parts.items()})
     return parts
 
@@ -103,7 +104,7 @@ def count_chunks(musan: Path) -> Path:
     for cat in ("music", "noise"):
         wavs += sorted((short / cat).glob("*/*.wav"))
     out = short / "nframes.audio"
-    common.write_lines(out, (f"{p.resolve()}\t{count_wav_samples(p)}" for p in wavs))
+    atomic.write_lines(out, (f"{p.resolve()}\t{count_wav_samples(p)}" for p in wavs))
     return out
 
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, "musan_prepare")
+    submitted = sharding.maybe_submit_slurm(args, main, argv, "musan_prepare")
     if submitted is not None:
         return submitted
     musan = Path(args.musan)
@@ -132,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress = not args.no_progress
     code = 0
     if "chunk" in args.steps:
-        files = common.shard_items(source_files(musan), args.nshard, args.rank)
+        files = sharding.shard_items(source_files(musan), args.nshard, args.rank)
         result, _ = common.run_items(
             files,
             functools.partial(chunk_file, musan=str(musan), chunk_sec=args.chunk_sec),
@@ -148,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for split, num in zip(SPLITS, args.num_babble):
             names = common.read_list(short / "speech" / f"spk.{split}")
             pool = speech_chunks(short, names)
-            indices = common.shard_items(list(range(num)), args.nshard, args.rank)
+            indices = sharding.shard_items(list(range(num)), args.nshard, args.rank)
             result = mix_babble(
                 pool,
                 short / "babble" / "wav",
@@ -167,5 +168,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from avdata import atomic, constants, procs
 from . import common
 from .noise_sets import repeat_to, split_items
 
@@ -49,7 +50,7 @@ def read_nframes(path: Path) -> Dict[str, int]:
 def category_lists(
     nframes: Dict[str, int], min_sec: float, max_sec: float, seed: int
 ) -> Dict[str, Dict[str, List[str]]]:
-    rate = common.AUDIO_SAMPLE_RATE_HZ
+    rate = constants.AUDIO_SAMPLE_RATE_HZ
     kept = sorted(p for p, n in nframes.items() if min_sec * rate <= n < max_sec * rate)
     out: Dict[str, Dict[str, List[str]]] = {}
     babble = [p for p in kept if "/babble/" in p]
@@ -81,17 +82,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     tsv = musan / "tsv"
     for cat in ("babble", "music", "noise"):
         for split in SPLITS:
-            common.write_lines(tsv / cat / f"{split}.tsv", lists[cat][split])
+            atomic.write_lines(tsv / cat / f"{split}.tsv", lists[cat][split])
     order = ("noise", "music", "babble", "speech")
     all_lists = {"train": [p for cat in order for p in repeat_to(lists[cat]["train"], args.per_category)]}
     for split in ("valid", "test"):
         all_lists[split] = [p for cat in order for p in lists[cat][split]]
     for split, paths in all_lists.items():
-        common.write_lines(tsv / "all" / f"{split}.tsv", paths)
+        atomic.write_lines(tsv / "all" / f"{split}.tsv", paths)
     logger.info("noise lists: %s", {cat: {s: len(v) for s, v in d.items()} for cat, d in lists.items()})
     return 0
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

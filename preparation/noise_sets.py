@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .common import AUDIO_SAMPLE_RATE_HZ
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ
 
 __all__ = ["chunk_bounds", "babble", "split_items", "read_16k_mono", "repeat_to"]
 

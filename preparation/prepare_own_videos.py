@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from avdata import atomic, procs, sharding
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def make_manifest(
 
     ids = [c.id for c in clips]
     _, counts, _ = count_frames(ids, out_dir / "video", out_dir / "audio", num_workers, progress)
-    common.write_lines(out_dir / "nframes.tsv", (f"{i}\t{v}\t{a}" for i, (v, a) in counts.items()))
+    atomic.write_lines(out_dir / "nframes.tsv", (f"{i}\t{v}\t{a}" for i, (v, a) in counts.items()))
     rows, missing = make_rows(ids, counts, out_dir, out_dir / "video", out_dir / "audio")
     log_missing(missing, f"{split}.tsv")
     if not rows:
@@ -239,10 +240,10 @@ def prepare_own_videos(clips: List[Clip], out_dir: str | Path, args: argparse.Na
 
     out_dir = Path(out_dir)
     all_ids = [c.id for c in clips]
-    common.write_lines(out_dir / "file.list", all_ids)
+    atomic.write_lines(out_dir / "file.list", all_ids)
     if any(c.transcript for c in clips):
-        common.write_lines(out_dir / "label.list", (c.transcript or "" for c in clips))
-    shard = common.shard_items(clips, args.nshard, args.rank)
+        atomic.write_lines(out_dir / "label.list", (c.transcript or "" for c in clips))
+    shard = sharding.shard_items(clips, args.nshard, args.rank)
     num_clips = len(shard)
     exit_code = 0
     failed_by_stage: List[Tuple[str, int, Path]] = []
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     common.set_verbosity(args.verbose)
-    submitted = common.maybe_submit_slurm(args, main, argv, "own_videos")
+    submitted = sharding.maybe_submit_slurm(args, main, argv, "own_videos")
     if submitted is not None:
         return submitted
     if args.nshard > 1 and any(s in CLIP_STAGES for s in args.stages):
@@ -327,5 +328,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from avdata import atomic, constants, procs
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def qa_clip(item_id: str, paths: QAPaths, mean_face: np.ndarray, thresholds: QAT
         if not wav.is_file():
             qa.flags.append("missing_audio")
         elif n_video is not None:
-            qa.av_mismatch_sec = abs(count_wav_samples(wav) / common.AUDIO_SAMPLE_RATE_HZ - n_video / common.VIDEO_FPS)
+            qa.av_mismatch_sec = abs(count_wav_samples(wav) / constants.AUDIO_SAMPLE_RATE_HZ - n_video / constants.VIDEO_FPS)
             if qa.av_mismatch_sec > th.max_av_mismatch_sec:
                 qa.flags.append("av_mismatch")
     return qa
@@ -215,7 +216,7 @@ def contact_sheet(
     if not rows:
         return None
     sheet = np.concatenate(rows, axis=0)
-    with common.atomic_write(out_path) as tmp:
+    with atomic.atomic_path(out_path) as tmp:
         if not cv2.imwrite(str(tmp), sheet):
             raise OSError(f"could not write {out_path}")
     return Path(out_path)
@@ -248,14 +249,14 @@ def qa_report(
     for item_id, error in result.failures.entries:
         clips.append(ClipQA(item_id, flags=[f"unreadable: {error}"]))
     names = [f.name for f in fields(ClipQA)]
-    common.write_lines(
+    atomic.write_lines(
         out_dir / "clips.tsv",
         ["\t".join(names)] + ["\t".join(_fmt(getattr(c, n)) for n in names) for c in clips],
     )
     flagged = [c for c in clips if c.flags]
-    common.write_lines(out_dir / "flagged.tsv", (f"{c.id}\t{','.join(c.flags)}" for c in flagged))
+    atomic.write_lines(out_dir / "flagged.tsv", (f"{c.id}\t{','.join(c.flags)}" for c in flagged))
     summary = _summary(clips, thresholds)
-    with common.atomic_write(out_dir / "summary.json") as tmp:
+    with atomic.atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     if paths.roi_dir:
         rois = [(c.id, Path(paths.roi_dir) / f"{c.id}.mp4") for c in clips]
@@ -344,5 +345,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
+from avdata import atomic, procs
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("%s exists; skipping (--overwrite to redo)", out)
         return 0
     ids = list_vox(args.vox)
-    common.write_lines(out, ids)
+    atomic.write_lines(out, ids)
     logger.info("wrote %d ids to %s", len(ids), out)
     return 0
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from avdata import procs
 from . import common
 from .count_frames import MERGED_NAME, read_counts
 from .manifests import log_missing, make_rows, write_split
@@ -66,5 +67,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

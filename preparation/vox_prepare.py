@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
+from avdata import procs
 from . import common, extract_audio, vox_lists
 
 
@@ -56,5 +57,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    common.setup_logging()
+    procs.setup_logging()
     raise SystemExit(main())

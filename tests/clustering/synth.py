@@ -6,7 +6,7 @@ from typing import List, Sequence
 import numpy as np
 import soundfile as sf
 
-from avhubert.features.manifest import ManifestRow, write_manifest
+from avdata.manifest import ManifestRow, write_manifest
 
 SAMPLE_RATE_HZ = 16_000
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps

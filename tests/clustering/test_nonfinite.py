@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from avhubert.features.manifest import ManifestRow, write_manifest
+from avdata.manifest import ManifestRow, write_manifest
 from clustering.dump_km_label import dump_km_label, load_centroids
 from clustering.kmeans import lloyd
 from clustering.learn_kmeans import learn_kmeans

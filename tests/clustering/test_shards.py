@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from avhubert.features.manifest import ManifestRow, write_manifest
-from clustering.shards import NpyStreamWriter, done_marker, dump_feature_shard, load_feature_shard, shard_range
+from avdata.manifest import ManifestRow, write_manifest
+from avdata.markers import done_marker
+from avdata.sharding import shard_range
+from clustering.shards import NpyStreamWriter, dump_feature_shard, load_feature_shard
 
 
 @pytest.mark.parametrize("total", [0, 1, 7, 10, 101])
@@ -73,15 +75,15 @@ def test_dump_shard_resume_skips_done_and_ignores_planted_tmp(tmp_path):
     _manifest(tmp_path)
     feat_dir = tmp_path / "feat"
     feat_dir.mkdir()
-    (feat_dir / "train_0_2.npy.tmp").write_bytes(b"partial garbage from a killed run")
-    (feat_dir / "train_0_2.len.tmp").write_text("1\n")
+    (feat_dir / "train_0_2.tmp.npy").write_bytes(b"partial garbage from a killed run")
+    (feat_dir / "train_0_2.tmp.len").write_text("1\n")
     ex = CountingExtractor()
     assert dump_feature_shard(ex, tmp_path, "train", 2, 0, feat_dir) is True
     feats, lens = load_feature_shard(feat_dir, "train", 0, 2)
     assert lens.tolist() == [1, 2, 3] and feats.shape == (6, 4)
     assert feats[:, 0].tolist() == [0, 1, 1, 2, 2, 2]
-    assert not (feat_dir / "train_0_2.npy.tmp").exists()
-    assert done_marker(feat_dir, "feat", "train", 0, 2).is_file()
+    assert not (feat_dir / "train_0_2.tmp.npy").exists()
+    assert done_marker(feat_dir, "feat", 0, 2, split="train").is_file()
 
     mtime = os.stat(feat_dir / "train_0_2.npy").st_mtime_ns
     assert dump_feature_shard(ex, tmp_path, "train", 2, 0, feat_dir) is False  # finished: skipped
@@ -103,7 +105,7 @@ def test_dump_shard_interrupted_is_not_done(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         dump_feature_shard(dies_midway, tmp_path, "train", 1, 0, feat_dir)
     assert not (feat_dir / "train_0_1.npy").exists()
-    assert not done_marker(feat_dir, "feat", "train", 0, 1).exists()
+    assert not done_marker(feat_dir, "feat", 0, 1, split="train").exists()
     assert dump_feature_shard(CountingExtractor(), tmp_path, "train", 1, 0, feat_dir) is True
     assert load_feature_shard(feat_dir, "train", 0, 1)[1].tolist() == [1, 2, 3, 4, 5]
 

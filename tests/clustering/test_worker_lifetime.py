@@ -1,7 +1,7 @@
 """Pool workers of `clustering.run_iteration` die with their parent (issue 12, item 5).
 
 The parent is SIGKILLed, as the out-of-memory killer does; its workers, busy in a 60 s job,
-must be gone within a few seconds (`preparation.procs.die_with_parent`).
+must be gone within a few seconds (`avdata.procs.die_with_parent`).
 """
 
 import os

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avhubert.features.manifest import ManifestRow, read_manifest, write_manifest
+from avdata.manifest import ManifestRow, read_manifest, write_manifest
 
 pytestmark = pytest.mark.faults
 

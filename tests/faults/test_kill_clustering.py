@@ -23,8 +23,8 @@ INJECT = str(REPO / "tests" / "faults" / "inject.py")
 
 
 def visible_digest(out: Path) -> Dict[str, str]:
-    """Every file except temporaries (`*.tmp`)."""
-    return tree_digest(out, ignore=lambda p: p.name.endswith(".tmp"))
+    """Every file except temporaries (`x.tmp`, `x.tmp.npy`: `avdata.atomic.temp_name`)."""
+    return tree_digest(out, ignore=lambda p: p.name.endswith(".tmp") or ".tmp." in p.name)
 
 
 def iteration_args(corpus: Path, out: Path, workers: int = 1) -> List[str]:

@@ -28,7 +28,7 @@ TEXTS = ["hello from the car", "the car says hello again"]
 
 
 def _temporary(p: Path) -> bool:
-    """A temporary file (`x.tmp`, `x.tmp.mp4`: `preparation.common.atomic_write`) or anything in a
+    """A temporary file (`x.tmp`, `x.tmp.mp4`: `avdata.atomic.atomic_path`) or anything in a
     hidden temporary folder (`.x.tmp-*/`)."""
     return p.name.endswith(".tmp") or ".tmp." in p.name or any(".tmp-" in part for part in p.parts)
 

@@ -2,7 +2,7 @@
 out-of-memory killer does, while its workers are busy; none of them may keep running.
 
 - preparation pools (`preparation.common.run_items`) and a real `clustering.run_iteration`:
-  `preparation.procs.die_with_parent` (PR_SET_PDEATHSIG + parent-pid watchdog);
+  `avdata.procs.die_with_parent` (PR_SET_PDEATHSIG + parent-pid watchdog);
 - torch DataLoader workers (fairseq's training loaders, the AV-HuBERT feature dump's
   `--loader-workers`): torch's own watchdog, verified here (within its 5 s polling interval).
 """

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 from python_speech_features import logfbank
 
-from avhubert.features.audio import AudioFormatError, audio_features, read_wav, stack_frames
+from avdata.audio import AudioFormatError, audio_features, read_wav, stack_frames
 
 
 def _speechlike(n: int, seed: int = 0) -> np.ndarray:

@@ -10,8 +10,8 @@ import torch
 from fairseq.data import Dictionary
 
 from avhubert.dataset import AVHubertDataset
-from avhubert.features.manifest import ManifestError, read_manifest, write_manifest, ManifestRow
-from avhubert.features.noise import mix_noise, parse_snr
+from avdata.manifest import ManifestError, read_manifest, write_manifest, ManifestRow
+from avdata.noise import mix_noise, parse_snr
 from avhubert.task import LabelEncoder
 
 
@@ -138,7 +138,7 @@ def test_noise_mixing_hits_the_snr_and_is_seeded(tmp_path):
     clean = (rng.standard_normal(16000) * 3000).astype(np.int16)
     noise = (rng.standard_normal(4000) * 1000).astype(np.int16)
     sf.write(tmp_path / "n.wav", noise, 16000, subtype="PCM_16")
-    from avhubert.features.audio import read_wav
+    from avdata.audio import read_wav
 
     mixed = mix_noise(clean, [str(tmp_path / "n.wav")], read_wav, 5.0, 1, np.random.default_rng(1))
     added = mixed.astype(float) - clean

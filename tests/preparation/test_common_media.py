@@ -1,45 +1,15 @@
-"""Sharding, atomic writes, ffmpeg errors, and the video/audio I/O on a real clip."""
+"""ffmpeg errors, the per-item loop, Slurm submission, and the video/audio I/O on a real clip.
+
+The shard formula, atomic writes and done markers are tested in `tests/avdata`."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
+from avdata import sharding
+from avdata.markers import done_marker, is_done
 from preparation import common, media
-
-
-@pytest.mark.parametrize("total,nshard", [(0, 3), (1, 4), (10, 3), (12, 4), (7, 7), (5, 8)])
-def test_shard_range_contiguous_ceil_blocks(total, nshard):
-    ranges = [common.shard_range(total, nshard, r) for r in range(nshard)]
-    per = math.ceil(total / nshard) if total else 0
-    covered = [i for s, e in ranges for i in range(s, e)]
-    assert covered == list(range(total))  # union = everything, no overlap, in order
-    for r, (s, e) in enumerate(ranges):
-        assert s == min(r * per, total) and e == min((r + 1) * per, total)
-
-
-def test_shard_range_rejects_bad_rank():
-    with pytest.raises(ValueError, match="rank"):
-        common.shard_range(10, 2, 2)
-    with pytest.raises(ValueError, match="nshard"):
-        common.shard_range(10, 0, 0)
-
-
-def test_atomic_write_keeps_old_file_on_error(tmp_path):
-    out = tmp_path / "x.txt"
-    out.write_text("old")
-    with pytest.raises(RuntimeError):
-        with common.atomic_write(out) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
-    assert out.read_text() == "old"
-    assert list(tmp_path.iterdir()) == [out]  # no leftover temp file
-    with common.atomic_write(out) as tmp:
-        assert tmp.suffix == ".txt" and tmp != out
-        tmp.write_text("new")
-    assert out.read_text() == "new"
 
 
 def test_run_ffmpeg_raises_with_stderr(tmp_path):
@@ -62,12 +32,9 @@ def test_run_items_records_failures_and_skips(tmp_path):
     assert (result.processed, result.skipped, len(result.failures)) == (1, 1, 1)
     assert common.finish_shard(result, tmp_path, "step", 0, 1) == 1
     assert (tmp_path / "failures.step.0_1.tsv").read_text() == "c\tValueError: bad item\n"
-    assert not common.is_done(tmp_path, "step", 0, 1)
-
-
-def test_strip_flags_for_slurm_resubmission():
-    argv = ["--a", "1", "--rank", "3", "--nshard=4", "--slurm-partition", "p", "--b"]
-    assert common._strip_flags(argv, {"--rank", "--nshard", "--slurm-partition"}) == ["--a", "1", "--b"]
+    assert not is_done(done_marker(tmp_path, "step", 0, 1))
+    assert common.finish_shard(type(result)(processed=1), tmp_path, "step", 0, 1) == 0
+    assert is_done(done_marker(tmp_path, "step", 0, 1))
 
 
 def test_fps_conversion_gives_duration_times_25(carphone_path, tmp_path):
@@ -133,5 +100,5 @@ def test_slurm_submission_maps_one_task_per_shard(monkeypatch, tmp_path):
     seen = []
     for _main, task_argv, rank, nshard in calls["tasks"]:
         assert "--slurm-partition" not in task_argv and "--nshard" not in task_argv
-        common._run_shard(lambda a: seen.append(a) or 0, task_argv, rank, nshard)
+        sharding._run_shard(lambda a: seen.append(a) or 0, task_argv, rank, nshard)
     assert [a[-4:] for a in seen] == [["--rank", str(r), "--nshard", "3"] for r in range(3)]

@@ -18,7 +18,7 @@ from preparation import (
     lrs3_trim,
 )
 from preparation.lrs3_segment import Word, split_utterance
-from preparation.manifests import manifest_api
+from avdata import manifest as api
 from preparation.media import count_video_frames, count_wav_samples, read_video
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
@@ -201,7 +201,6 @@ def test_trimmed_segments_frames_and_samples(prepared):
 
 
 def test_manifests_splits_and_labels(prepared):
-    api = manifest_api()
     expected = {
         "30h_data": {
             "train": ["trainval/spkA/00001", "trainval/spkB/00001"],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from preparation import lrs3_noise, mix_babble, musan_prepare, noise_manifest
-from preparation.manifests import manifest_api
+from avdata import manifest as api
 from preparation.media import read_wav_int16, write_wav_int16
 from preparation.noise_sets import babble, chunk_bounds, repeat_to, split_items
 
@@ -95,7 +95,6 @@ def test_musan_prepare_chunks_split_babble_count(musan):
 
 
 def test_mix_babble_cli_from_manifest(tmp_path):
-    api = manifest_api()
     rows = []
     for k, sec in enumerate([2.0, 1.0, 3.0, 2.5]):
         write_wav_int16(tmp_path / f"audio/u{k}.wav", _tone(sec, 300 + 50 * k))

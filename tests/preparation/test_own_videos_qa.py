@@ -10,7 +10,7 @@ import pytest
 
 from preparation import prepare_own_videos, qa_report
 from preparation.common import run_ffmpeg
-from preparation.manifests import manifest_api
+from avdata import manifest as api
 from preparation.media import count_video_frames, count_wav_samples, read_video, write_wav_int16
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
@@ -89,7 +89,6 @@ def test_own_videos_produce_rois_wavs_manifest_labels(prepared):
     roi, fps = read_video(out / "video/talk.mp4")
     assert roi.shape == (50, 96, 96, 3) and fps == pytest.approx(25)
     assert abs(count_wav_samples(out / "audio/talk.wav") - 32_000) < 800  # 2 s at 16 kHz, mono
-    api = manifest_api()
     root, rows = api.read_manifest(out / "test.tsv")
     assert [r.id for r in rows] == ["sub/late", "talk"]
     assert rows[1].num_video_frames == 50

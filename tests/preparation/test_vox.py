@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from preparation import count_frames, crop_mouth_rois, detect_landmarks, extract_audio, vox_lists, vox_manifest
-from preparation.manifests import manifest_api
+from avdata import manifest as api
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
 
@@ -77,7 +77,6 @@ def test_vox_pipeline(tmp_path, face25, make_clip):
     )
     (vox / "en.id").write_text("id00012/abcDEF/00002\ntest/mp4/id00500/qqq/00001\n")  # both id spellings
     assert vox_manifest.main(["--vox", d, "--en-ids", f"{d}/en.id"] + quiet) == 0
-    api = manifest_api()
     _, all_rows = api.read_manifest(vox / "all_data/train.tsv")
     _, en_rows = api.read_manifest(vox / "en_data/train.tsv")
     assert [r.id for r in all_rows] == IDS

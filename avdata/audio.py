@@ -7,9 +7,17 @@ zero-padded and stacked 4 frames -> 104-d at 25 Hz, forced to the video length, 
 layer norm. Shared by the dataset and the clustering scripts (one implementation).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import soundfile as sf
-import torch
+
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ
+
+if TYPE_CHECKING:  # torch is imported only by `audio_features`, which hands a tensor to the model
+    import torch
 
 __all__ = [
     "AUDIO_SAMPLE_RATE_HZ",
@@ -23,7 +31,6 @@ __all__ = [
     "audio_features",
 ]
 
-AUDIO_SAMPLE_RATE_HZ = 16_000
 FBANK_FILTERS = 26
 
 
@@ -102,8 +109,10 @@ def audio_features(
     stack_order: int = 4,
     num_video_frames: int | None = None,
     normalize: bool = True,
-) -> torch.Tensor:
+) -> "torch.Tensor":
     """int16-scale wav `[N]` -> model input `[T, 26 * stack_order]` float32 at 25 Hz."""
+    import torch
+
     feats = stack_frames(log_filterbank(wav), stack_order)
     if num_video_frames is not None:
         feats = align_to_length(feats, num_video_frames)

@@ -14,8 +14,9 @@ A missing modality is written as an empty path, read back as `None`.
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, Iterator, List, Optional
+
+from avdata.atomic import write_lines
 
 __all__ = ["ManifestRow", "ManifestError", "read_manifest", "write_manifest", "resolve"]
 
@@ -82,16 +83,15 @@ def read_manifest(path: str | os.PathLike) -> tuple[str, List[ManifestRow]]:
     return root, rows
 
 
+def _manifest_lines(path: str | os.PathLike, root: str, rows: Iterable[ManifestRow]) -> Iterator[str]:
+    yield root
+    for r in rows:
+        for field in (r.id, r.video or "", r.audio or ""):
+            if "\t" in field or "\n" in field:
+                raise ManifestError(f"{path}: field {field!r} of {r.id!r} contains a tab or newline")
+        yield f"{r.id}\t{r.video or ''}\t{r.audio or ''}\t{r.num_video_frames}\t{r.num_audio_samples}"
+
+
 def write_manifest(path: str | os.PathLike, root: str, rows: Iterable[ManifestRow]) -> None:
-    """Write a manifest atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{root}\n")
-        for r in rows:
-            for field in (r.id, r.video or "", r.audio or ""):
-                if "\t" in field or "\n" in field:
-                    raise ManifestError(f"{path}: field {field!r} of {r.id!r} contains a tab or newline")
-            f.write(f"{r.id}\t{r.video or ''}\t{r.audio or ''}\t{r.num_video_frames}\t{r.num_audio_samples}\n")
-    os.replace(tmp, path)
+    """Write a manifest atomically (`avdata.atomic`); a bad field leaves `path` untouched."""
+    write_lines(path, _manifest_lines(path, root, rows))

@@ -1,4 +1,5 @@
-"""Worker processes that exit when their parent dies (the project's one implementation).
+"""Process helpers: logging setup for command-line entry points, and worker processes that exit
+when their parent dies (the project's one implementation).
 
 When a job's parent is killed with SIGKILL (the out-of-memory killer, a pre-empted node, `kill -9`)
 its pool workers would otherwise live on, idle or still computing, holding memory and GPUs. Pool
@@ -20,17 +21,23 @@ torch `DataLoader` workers need none of this: torch's own worker loop watches th
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
 import threading
 import time
 
-__all__ = ["PARENT_DIED_EXIT_CODE", "WATCHDOG_INTERVAL_S", "set_parent_death_signal", "die_with_parent"]
+__all__ = ["setup_logging", "PARENT_DIED_EXIT_CODE", "WATCHDOG_INTERVAL_S", "set_parent_death_signal", "die_with_parent"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCHDOG_INTERVAL_S = 1.0
 PARENT_DIED_EXIT_CODE = 70  # os._exit code of a worker whose parent is gone
+
+
+def setup_logging() -> None:
+    """Configure the root logger at INFO; call from `__main__` only."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:

@@ -11,9 +11,10 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from avdata.constants import VIDEO_FPS
+
 __all__ = ["VIDEO_FPS", "VideoReadError", "load_video", "transform_video"]
 
-VIDEO_FPS = 25
 IMAGE_MEAN, IMAGE_STD, CROP_SIZE = 0.421, 0.165, 88
 
 
