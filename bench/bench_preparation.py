@@ -51,7 +51,8 @@ def main() -> None:
 
     from preparation.crop_mouth_rois import crop_frames
     from preparation.landmarks import FaceLandmarker, LandmarkOptions
-    from preparation.media import convert_fps, read_video, write_video
+    from avdata.video import write_video
+    from preparation.media import convert_fps, read_video
     from preparation.mouth_roi import DEFAULT_MEAN_FACE
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,35 +15,20 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 import soundfile as sf
 
 from avdata.constants import AUDIO_SAMPLE_RATE_HZ as SAMPLE_RATE_HZ
-from avdata.constants import VIDEO_FPS
+from avdata.constants import AUDIO_SAMPLES_PER_FRAME as SAMPLES_PER_FRAME
 from avdata.manifest import ManifestRow, write_manifest
+from avdata.video import write_video
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_video", "make_corpus", "main"]
+__all__ = ["make_corpus", "main"]
 
 SIZE = 96
-SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "go", "stop"]
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = VIDEO_FPS) -> None:
-    """Write gray `uint8 [T, H, W]` frames as mp4 (atomic: temp file + rename)."""
-    path = str(path)
-    tmp = path + ".tmp.mp4"
-    t, h, w = frames.shape
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h), isColor=True)
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {tmp}")
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    os.replace(tmp, path)
 
 
 def _render(classes: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +78,7 @@ def make_corpus(
             uid = f"{split}_{i:04d}"
             num_frames = int(rng.integers(min_frames, max_frames + 1))
             classes = _segments(num_frames, num_classes, rng)
-            write_video(out / "video" / f"{uid}.mp4", _render(classes, num_classes, rng))
+            write_video(out / "video" / f"{uid}.mp4", _render(classes, num_classes, rng), codec="mp4v")
             wav = _synthesize(classes, rng)
             sf.write(out / "audio" / f"{uid}.wav", wav, SAMPLE_RATE_HZ, subtype="PCM_16")
             rows.append(ManifestRow(uid, f"video/{uid}.mp4", f"audio/{uid}.wav", num_frames, len(wav)))

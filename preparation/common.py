@@ -1,6 +1,6 @@
-"""Helpers specific to the preparation steps: ffmpeg, failure logs, the per-item worker loop,
-list files and the common CLI flags. Sharding, atomic writes, done markers and the rates live in
-`avdata` (shared with clustering and the plugin).
+"""Helpers specific to the preparation steps: failure logs, the per-item worker loop, list files
+and the common CLI flags. Sharding, atomic writes, done markers, ffmpeg and the rates live in
+`avdata` (shared with clustering, the plugin and the demo).
 
 Conventions (STYLE.md 7.6):
 
@@ -10,7 +10,7 @@ Conventions (STYLE.md 7.6):
   `.{step}.{rank}_{nshard}.done`.
 - Per-item failures go to `failures.{step}.{rank}_{nshard}.tsv` (`id<TAB>error`) and make the
   CLI exit non-zero.
-- ffmpeg is always called with an argument list and a checked return code (`run_ffmpeg`).
+- ffmpeg is always called through `avdata.ffmpeg.run_ffmpeg` (argument list, checked return code).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import argparse
 import logging
 import multiprocessing
 import os
-import shutil
-import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +31,6 @@ from avdata.procs import die_with_parent
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FFmpegError",
-    "find_ffmpeg",
-    "run_ffmpeg",
     "FailureLog",
     "StepResult",
     "run_items",
@@ -46,12 +41,6 @@ __all__ = [
     "read_list",
     "set_verbosity",
 ]
-
-FFMPEG_STDERR_TAIL_LINES = 15
-
-
-class FFmpegError(RuntimeError):
-    """ffmpeg returned non-zero; the message holds the command and the last stderr lines."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,41 +57,6 @@ def read_list(path: str | os.PathLike) -> List[str]:
         return [line.rstrip("\r\n") for line in f if line.strip()]
 
 
-# --------------------------------------------------------------------------------------------
-# ffmpeg
-# --------------------------------------------------------------------------------------------
-
-
-def find_ffmpeg(ffmpeg: Optional[str] = None) -> str:
-    """Resolve the ffmpeg executable (`ffmpeg` flag, else `$PATH`), with an install hint."""
-    candidate = ffmpeg or "ffmpeg"
-    resolved = shutil.which(candidate)
-    if resolved is None:
-        raise FileNotFoundError(
-            f"ffmpeg not found ({candidate!r}); install it (Debian: `apt-get install ffmpeg`) "
-            "or pass its path with --ffmpeg"
-        )
-    return resolved
-
-
-def run_ffmpeg(args: Sequence[str], ffmpeg: Optional[str] = None, input_bytes: Optional[bytes] = None) -> bytes:
-    """Run `ffmpeg -nostdin -hide_banner -loglevel error -y <args>`; return its stdout.
-
-    Raises `FFmpegError` with the last stderr lines when the return code is non-zero.
-    """
-    cmd = [find_ffmpeg(ffmpeg), "-hide_banner", "-loglevel", "error", "-y"]
-    if input_bytes is None:
-        cmd.insert(1, "-nostdin")
-    cmd += [str(a) for a in args]
-    proc = subprocess.run(cmd, input=input_bytes, capture_output=True, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.decode("utf-8", "replace").strip().splitlines()[-FFMPEG_STDERR_TAIL_LINES:])
-        raise FFmpegError(f"ffmpeg failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc.stdout
-
-
-# --------------------------------------------------------------------------------------------
-# per-item loop with failures log
 # --------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,9 @@ MISSING_NAME = "missing.list"
 
 def count_one(video_path: str | Path, audio_path: str | Path) -> Optional[Tuple[int, int]]:
     """`(decoded video frames, wav samples)`, or None when either file does not exist."""
-    from .media import count_video_frames, count_wav_samples
+    from avdata.video import count_video_frames
+
+    from .media import count_wav_samples
 
     if not Path(video_path).is_file() or not Path(audio_path).is_file():
         return None

@@ -33,6 +33,7 @@ from typing import List, Optional
 import numpy as np
 
 from avdata import constants, procs, sharding
+from avdata.ffmpeg import find_ffmpeg
 from . import common
 from .mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
 
@@ -99,7 +100,9 @@ def crop_frames(
 def crop_one(video_path: str | Path, landmarks_path: str | Path, out_path: str | Path, cfg: CropConfig) -> int:
     """Crop one clip to `out_path` (mp4, 25 fps). Returns the number of frames written."""
     from .landmarks import load_landmarks
-    from .media import read_video, write_video
+    from avdata.video import write_video
+
+    from .media import read_video
 
     frames, _ = read_video(video_path)
     landmarks = load_landmarks(landmarks_path)
@@ -123,7 +126,7 @@ def crop_mouth_rois(
     ids: List[str], cfg: CropConfig, num_workers: int = 1, overwrite: bool = False, progress: bool = True
 ) -> common.StepResult:
     """Crop all `ids` (already sharded); skips existing outputs unless `overwrite`."""
-    common.find_ffmpeg(cfg.ffmpeg)
+    find_ffmpeg(cfg.ffmpeg)
     result, _ = common.run_items(
         ids,
         functools.partial(_work, cfg=cfg),

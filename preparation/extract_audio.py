@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from avdata import procs, sharding
+from avdata.ffmpeg import find_ffmpeg
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def extract_audio(
     progress: bool = True,
 ) -> common.StepResult:
     """Extract wavs for `ids` (already sharded)."""
-    common.find_ffmpeg(ffmpeg)
+    find_ffmpeg(ffmpeg)
     result, _ = common.run_items(
         ids,
         functools.partial(

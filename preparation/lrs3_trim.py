@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from avdata import constants, procs, sharding
+from avdata.ffmpeg import find_ffmpeg, run_ffmpeg
 from . import common
 from .lrs3_segment import CSV_NAME, Segment, read_segments
 
@@ -76,7 +77,7 @@ def _outputs(lrs3_dir: Path, seg_id: str) -> tuple[Path, Path]:
 
 def decode_audio(path: str | Path, ffmpeg: Optional[str] = None) -> np.ndarray:
     """The first audio stream of `path` as 16 kHz mono int16 samples `[N]`."""
-    raw = common.run_ffmpeg(
+    raw = run_ffmpeg(
         ["-i", str(path), "-vn", "-ac", "1", "-ar", str(constants.AUDIO_SAMPLE_RATE_HZ), "-f", "s16le", "-"],
         ffmpeg=ffmpeg,
     )
@@ -92,7 +93,9 @@ def trim_source(
 ) -> int:
     """Write the segments of one source video (those not written yet, unless `overwrite`).
     Returns the number of segments written."""
-    from .media import read_video, write_video, write_wav_int16
+    from avdata.video import write_video
+
+    from .media import read_video, write_wav_int16
 
     lrs3_dir = Path(lrs3_dir)
     todo = [s for s in segments if overwrite or not all(p.is_file() for p in _outputs(lrs3_dir, s.id))]
@@ -143,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
     if submitted is not None:
         return submitted
-    common.find_ffmpeg(args.ffmpeg)
+    find_ffmpeg(args.ffmpeg)
     cfg = TrimConfig(str(args.lrs3), str(args.csv or Path(args.lrs3) / CSV_NAME), args.ffmpeg, args.overwrite)
     sources = sharding.shard_items(sorted(segments_by_source(cfg.csv_path)), args.nshard, args.rank)
     result, _ = common.run_items(

@@ -1,5 +1,6 @@
-"""Video and audio file I/O for preparation: OpenCV decoding, ffmpeg-piped mp4 encoding,
-25 fps conversion, 16 kHz mono wav extraction and decode-based frame counting.
+"""Video and audio file I/O for preparation: OpenCV decoding, 25 fps conversion and 16 kHz mono
+wav extraction. The mp4 writer and decode-based frame counting are `avdata.video.write_video` /
+`count_video_frames`.
 
 Frames are uint8 arrays `[T, H, W, 3]` in OpenCV's BGR order (or `[T, H, W]` grayscale).
 No scikit-video (broken on NumPy 2) and no PNG round-trips: frames are piped to ffmpeg.
@@ -16,24 +17,18 @@ import numpy as np
 
 from avdata.atomic import atomic_path
 from avdata.constants import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
-
-from .common import FFmpegError, run_ffmpeg
+from avdata.ffmpeg import FFmpegError, run_ffmpeg
 
 __all__ = [
     "read_video",
     "video_fps",
-    "count_video_frames",
-    "write_video",
     "convert_fps",
     "extract_wav",
     "NoAudioTrackError",
     "count_wav_samples",
     "read_wav_int16",
     "write_wav_int16",
-    "H264_CRF",
 ]
-
-H264_CRF = 20  # reference: ffmpeg `-crf 20` for trimmed clips and mouth ROIs
 
 # ffmpeg's words for "the input has no stream of the kind asked for" (versions 4 to 7)
 _NO_STREAM_RE = re.compile(r"does not contain any stream|matches no streams")
@@ -87,73 +82,6 @@ def video_fps(path: str | os.PathLike) -> float:
         return float(cap.get(cv2.CAP_PROP_FPS))
     finally:
         cap.release()
-
-
-def count_video_frames(path: str | os.PathLike) -> int:
-    """Number of frames that actually decode (not the container's frame-count metadata)."""
-    cap = _open(path)
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
-    return n
-
-
-def write_video(
-    path: str | os.PathLike,
-    frames: np.ndarray,
-    fps: float = VIDEO_FPS,
-    ffmpeg: Optional[str] = None,
-    crf: int = H264_CRF,
-) -> None:
-    """Encode `frames` ([T,H,W,3] BGR or [T,H,W] gray, uint8) to an H.264 mp4, atomically.
-
-    Frames are piped to ffmpeg as raw video; odd sizes are padded to even (yuv420p)."""
-    frames = np.ascontiguousarray(frames)
-    if frames.dtype != np.uint8:
-        raise TypeError(f"write_video expects uint8 frames, got {frames.dtype}")
-    if frames.ndim == 3:
-        pix_fmt = "gray"
-    elif frames.ndim == 4 and frames.shape[-1] == 3:
-        pix_fmt = "bgr24"
-    else:
-        raise ValueError(f"write_video expects [T,H,W] or [T,H,W,3] frames, got shape {frames.shape}")
-    if frames.shape[0] == 0:
-        raise ValueError(f"write_video: no frames to write to {path}")
-    height, width = frames.shape[1:3]
-    with atomic_path(path) as tmp:
-        run_ffmpeg(
-            [
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                pix_fmt,
-                "-s",
-                f"{width}x{height}",
-                "-r",
-                f"{fps:g}",
-                "-i",
-                "-",
-                "-an",
-                "-vf",
-                "pad=ceil(iw/2)*2:ceil(ih/2)*2",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-crf",
-                str(crf),
-                "-pix_fmt",
-                "yuv420p",
-                "-movflags",
-                "+faststart",
-                str(tmp),
-            ],
-            ffmpeg=ffmpeg,
-            input_bytes=frames.tobytes(),
-        )
 
 
 def convert_fps(

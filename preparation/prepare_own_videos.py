@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from avdata import atomic, procs, sharding
+from avdata.ffmpeg import find_ffmpeg
 from . import common
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def run_clip_stage(stage: str, clips: List[Clip], out_dir: Path, args: argparse.
     if stage in ("convert", "audio"):
         worker = _convert if stage == "convert" else _audio
         folder, ext = (out_dir / "video25", ".mp4") if stage == "convert" else (out_dir / "audio", ".wav")
-        common.find_ffmpeg(args.ffmpeg)
+        find_ffmpeg(args.ffmpeg)
         result, _ = common.run_items(
             ids,
             functools.partial(worker, sources=sources, out=out, ffmpeg=args.ffmpeg),

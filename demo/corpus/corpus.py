@@ -33,14 +33,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from avdata.atomic import atomic_path, write_lines
-from avdata.constants import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
+from avdata.constants import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_FRAME, VIDEO_FPS
 from preparation.common import FailureLog
-from preparation.media import count_video_frames, count_wav_samples, write_wav_int16
+from avdata.video import count_video_frames, write_video
+from preparation.media import count_wav_samples, write_wav_int16
 from .render import render_mouth_frames
 from .speakers import Speaker, make_speakers
 from .speech import add_noise_floor, frame_envelope, pad_or_trim, resample, set_peak_level, to_int16
 from .tts import EspeakSynthesizer, Phone
-from .video import write_mp4v
 from .visemes import articulation_tracks, couple_to_envelope
 from .vocabulary import VOCABULARY, sample_transcript
 
@@ -63,7 +63,7 @@ __all__ = [
 
 GENERATOR_VERSION = 1  # bump when the output of a given configuration changes
 SPLITS = ("train", "valid", "test")
-SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE_HZ // VIDEO_FPS  # 640
+SAMPLES_PER_FRAME = AUDIO_SAMPLES_PER_FRAME  # 640
 LEAD_SILENCE_SEC = (0.08, 0.3)  # silence before / after the speech, drawn per utterance
 TAIL_SILENCE_SEC = (0.05, 0.25)
 UTTERANCE_LEVEL_JITTER_DB = 2.0
@@ -291,7 +291,7 @@ def make_utterance(spec: UtteranceSpec, out_dir: Union[str, os.PathLike], overwr
     samples = to_int16(add_noise_floor(speech, spec.speaker.voice.noise_floor_dbfs, rng))
 
     write_wav_int16(out_dir / spec.audio_rel, samples, AUDIO_SAMPLE_RATE_HZ)
-    write_mp4v(out_dir / spec.video_rel, frames, VIDEO_FPS)  # checks the decoded frame count
+    write_video(out_dir / spec.video_rel, frames, VIDEO_FPS, codec="mp4v", verify=True)  # ~25x cheaper than H.264
     return UtteranceResult(spec.utt_id, num_frames, num_samples, generated=True)
 
 

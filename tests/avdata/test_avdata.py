@@ -98,3 +98,31 @@ def test_avdata_imports_neither_fairseq_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("codec", ["h264", "mp4v"])
+@pytest.mark.parametrize("color", [False, True])
+def test_write_video_codecs_gray_and_color(tmp_path, codec, color):
+    from avdata.video import count_video_frames, load_video, write_video
+
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, None], (9, 32, 1))  # [9, 32, 32]
+    frames = np.repeat(ramp[..., None], 3, axis=3) if color else ramp
+    out = tmp_path / "sub" / f"clip_{codec}.mp4"
+    write_video(out, frames, fps=25, codec=codec, verify=True)
+    assert count_video_frames(out) == 9
+    assert np.abs(load_video(str(out)).astype(int) - ramp).mean() < 4
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary left
+
+
+def test_write_video_rejects_bad_input_and_keeps_old_file(tmp_path):
+    from avdata.video import write_video
+
+    out = tmp_path / "x.mp4"
+    out.write_bytes(b"old")
+    with pytest.raises(TypeError, match="uint8"):
+        write_video(out, np.zeros((2, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="no frames"):
+        write_video(out, np.zeros((0, 16, 16), np.uint8))
+    with pytest.raises(ValueError, match="codec"):
+        write_video(out, np.zeros((2, 16, 16), np.uint8), codec="vp9")
+    assert out.read_bytes() == b"old"

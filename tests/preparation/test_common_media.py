@@ -7,16 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avdata import sharding
+from avdata import ffmpeg, sharding
+from avdata.video import count_video_frames, write_video
 from avdata.markers import done_marker, is_done
 from preparation import common, media
 
 
 def test_run_ffmpeg_raises_with_stderr(tmp_path):
-    with pytest.raises(common.FFmpegError, match="exit"):
-        common.run_ffmpeg(["-i", str(tmp_path / "nope.mp4"), str(tmp_path / "out.wav")])
+    with pytest.raises(ffmpeg.FFmpegError, match="exit"):
+        ffmpeg.run_ffmpeg(["-i", str(tmp_path / "nope.mp4"), str(tmp_path / "out.wav")])
     with pytest.raises(FileNotFoundError, match="apt-get install ffmpeg"):
-        common.find_ffmpeg("/no/such/ffmpeg")
+        ffmpeg.find_ffmpeg("/no/such/ffmpeg")
 
 
 def test_run_items_records_failures_and_skips(tmp_path):
@@ -44,7 +45,7 @@ def test_fps_conversion_gives_duration_times_25(carphone_path, tmp_path):
     out = tmp_path / "c25.mp4"
     media.convert_fps(carphone_path, out)
     duration = len(frames) / fps  # 4.004 s
-    assert media.count_video_frames(out) == round(duration * 25) == 100
+    assert count_video_frames(out) == round(duration * 25) == 100
     assert media.video_fps(out) == pytest.approx(25.0)
 
 
@@ -53,13 +54,13 @@ def test_write_video_roundtrip_and_odd_size(tmp_path):
     frames = np.repeat(np.linspace(0, 255, 33 * 31).reshape(1, 33, 31, 1), 7, axis=0).astype(np.uint8)
     frames = np.repeat(frames, 3, axis=3) + rng.integers(0, 3, frames.shape[:3] + (3,), dtype=np.uint8)
     out = tmp_path / "odd.mp4"
-    media.write_video(out, frames)
+    write_video(out, frames)
     back, fps = media.read_video(out)
     assert fps == pytest.approx(25.0)
     assert back.shape == (7, 34, 32, 3)  # padded to even size for yuv420p
     assert np.abs(back[:, :33, :31].astype(int) - frames).mean() < 4
     with pytest.raises(TypeError):
-        media.write_video(out, frames.astype(np.float32))
+        write_video(out, frames.astype(np.float32))
 
 
 def test_extract_wav_resamples_to_16k_mono(tmp_path, face25, make_clip):

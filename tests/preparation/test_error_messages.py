@@ -32,7 +32,7 @@ def test_video_without_audio_track_is_one_clear_line(make_clip, tmp_path):
 
 
 def test_other_ffmpeg_failures_keep_ffmpeg_words(tmp_path):
-    from preparation.common import FFmpegError
+    from avdata.ffmpeg import FFmpegError
 
     bad = tmp_path / "junk.mp4"
     bad.write_bytes(b"not a video at all")

@@ -19,7 +19,8 @@ from preparation import (
 )
 from preparation.lrs3_segment import Word, split_utterance
 from avdata import manifest as api
-from preparation.media import count_video_frames, count_wav_samples, read_video
+from avdata.video import count_video_frames
+from preparation.media import count_wav_samples, read_video
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from preparation import prepare_own_videos, qa_report
-from preparation.common import run_ffmpeg
+from avdata.ffmpeg import run_ffmpeg
 from avdata import manifest as api
-from preparation.media import count_video_frames, count_wav_samples, read_video, write_wav_int16
+from avdata.video import count_video_frames
+from preparation.media import count_wav_samples, read_video, write_wav_int16
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
 

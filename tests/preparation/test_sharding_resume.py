@@ -10,7 +10,8 @@ import pytest
 
 from preparation import crop_mouth_rois, detect_landmarks
 from preparation.landmarks import load_landmarks
-from preparation.media import read_video, write_video
+from avdata.video import write_video
+from preparation.media import read_video
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
 
