@@ -200,6 +200,8 @@ class AVHubertSeq2Seq(BaseFairseqModel):
     """Encoder-decoder. A `BaseFairseqModel` (not `FairseqEncoderDecoderModel`) because the
     decoder is a plain torch module; fairseq reaches it through `get_normalized_probs`."""
 
+    generator_kind = "seq2seq"  # read by the task's build_generator: beam search
+
     def __init__(self, encoder: HubertEncoderWrapper, decoder: nn.Module, cfg: AVHubertSeq2SeqConfig) -> None:
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
@@ -277,6 +279,8 @@ class HubertEncoder(FairseqEncoder):
 
 @register_model("av_hubert_ctc", dataclass=AVHubertCtcConfig)
 class AVHubertCtc(BaseFairseqModel):
+    generator_kind = "ctc"  # read by the task's build_generator: CTC decoding
+
     def __init__(self, cfg: AVHubertCtcConfig, w2v_encoder: HubertEncoder) -> None:
         super().__init__()
         self.cfg = cfg

@@ -13,17 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 import torch
+from fairseq import metrics
 from fairseq.data import Dictionary, encoders
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, open_dict
 
 from . import clean_exit
+from .beam_search import BeamSearchConfig
 from .dataset import AVHubertDataset
+from .scoring import ErrorCounts
+from .sequence_generator import CTCGenerator, Seq2SeqGenerator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVHubertPretrainingConfig", "AVHubertPretrainingTask", "LabelEncoder", "LabelEncoderS2SToken"]
+__all__ = ["AVHubertPretrainingConfig", "AVHubertPretrainingTask", "GENERATOR_KINDS", "LabelEncoder",
+           "LabelEncoderS2SToken"]
+
+GENERATOR_KINDS = ("ctc", "seq2seq")  # values of a model's `generator_kind` (see `build_generator`)
 
 
 class LabelEncoder:
@@ -105,7 +112,7 @@ class AVHubertPretrainingTask(FairseqTask):
         logger.info("AVHubertPretrainingTask config: %s", cfg)
         if cfg.fine_tuning:
             self.state.add_factory("target_dictionary", self.load_target_dictionary)
-            if cfg.is_s2s or cfg.tokenizer_bpe_model:
+            if self._config_names_tokenizer():
                 self.state.add_factory("s2s_tokenizer", self.load_tokenizer)
         else:
             self.state.add_factory("dictionaries", self.load_dictionaries)
@@ -142,8 +149,6 @@ class AVHubertPretrainingTask(FairseqTask):
                 f"sentencepiece model {model!r} not found (task.tokenizer_bpe_model); a fine-tuned "
                 "checkpoint carries its tokenizer in task_state"
             )
-        from argparse import Namespace
-
         return encoders.build_bpe(Namespace(bpe=self.cfg.tokenizer_bpe_name, sentencepiece_model=model))
 
     @property
@@ -217,8 +222,6 @@ class AVHubertPretrainingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         w2v_args = getattr(getattr(model, "cfg", None), "w2v_args", None)
         if w2v_args is not None and "w2v_args" in cfg and cfg.w2v_args is None:
-            from omegaconf import open_dict
-
             with open_dict(cfg):
                 cfg.w2v_args = w2v_args
         return model
@@ -228,16 +231,17 @@ class AVHubertPretrainingTask(FairseqTask):
                         extra_gen_cls_kwargs: Optional[dict] = None, **kwargs: Any) -> Any:
         """Our own generators (no copied fairseq code): beam search or CTC decoding.
 
+        The model says which it needs: its class attribute `generator_kind` ("ctc" or "seq2seq";
+        models without one get "seq2seq"), so the task imports no model class.
         `extra_gen_cls_kwargs` may hold fairseq `SequenceGenerator`'s `lm_model` / `lm_weight`
         (shallow fusion, as the original's infer_s2s passes them) and `BeamSearchConfig` fields."""
-        from .beam_search import BeamSearchConfig
-        from .model_asr import AVHubertCtc
-        from .sequence_generator import CTCGenerator, Seq2SeqGenerator
-
         extra = dict(extra_gen_cls_kwargs or {})
         lm_model = extra.pop("lm_model", None)
         lm_weight = extra.pop("lm_weight", None)
-        if isinstance(models[0], AVHubertCtc):
+        kind = getattr(models[0], "generator_kind", "seq2seq")
+        if kind not in GENERATOR_KINDS:
+            raise ValueError(f"{type(models[0]).__name__}.generator_kind must be one of {GENERATOR_KINDS}, got {kind!r}")
+        if kind == "ctc":
             if lm_model is not None:
                 raise ValueError("language-model shallow fusion (lm_model / generation.lm_path) is implemented for "
                                  "seq2seq models only; this is a CTC model (av_hubert_ctc)")
@@ -252,16 +256,19 @@ class AVHubertPretrainingTask(FairseqTask):
         text = d.string(tokens.int().cpu(), extra_symbols_to_ignore={d.eos(), d.pad(), d.bos()})
         return self.s2s_tokenizer.decode(text) if self.has_tokenizer else text
 
+    def _config_names_tokenizer(self) -> bool:
+        """The config asks for a sentencepiece tokenizer (then `__init__` adds its state factory)."""
+        return bool(self.cfg.fine_tuning and (self.cfg.is_s2s or self.cfg.tokenizer_bpe_model))
+
     @property
     def has_tokenizer(self) -> bool:
-        """A sentencepiece tokenizer is in the task state (checkpoint) or can be built (config)."""
-        return "s2s_tokenizer" in self.state._state or "s2s_tokenizer" in self.state._factories
+        """A sentencepiece tokenizer is in the task state (restored from a checkpoint) or can be built
+        from the config. Checked without building it (that would read the model file)."""
+        return "s2s_tokenizer" in self.state.state_dict or self._config_names_tokenizer()
 
     def valid_step(self, sample: Any, model: Any, criterion: Any):
         loss, sample_size, log = super().valid_step(sample, model, criterion)
         if self.cfg.eval_wer and self.cfg.fine_tuning and "target" in sample:
-            from .scoring import ErrorCounts
-
             counts = ErrorCounts()
             refs, hyps = self._decode_batch(sample, model)
             for r, h in zip(refs, hyps):
@@ -291,7 +298,7 @@ class AVHubertPretrainingTask(FairseqTask):
         lines = [f"{uid}\n  REF: {r}\n  HYP: {h}" for uid, r, h in zip(sample["utt_id"], refs, hyps)][: self.cfg.eval_print_samples]
         logger.info("validation samples at update %d:\n%s", updates, "\n".join(lines))
         if self.cfg.eval_tensorboard_dir:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # only when asked for: its import is slow
 
             if getattr(self, "_tb_writer", None) is None:
                 self._tb_writer = SummaryWriter(self.cfg.eval_tensorboard_dir)
@@ -302,8 +309,6 @@ class AVHubertPretrainingTask(FairseqTask):
         super().reduce_metrics(logging_outputs, criterion)
         if not logging_outputs or "_wer_words" not in logging_outputs[0]:
             return
-        from fairseq import metrics
-
         for key in ("_wer_errors", "_wer_words", "_cer_errors", "_cer_chars"):
             metrics.log_scalar_sum(key, sum(log.get(key, 0) for log in logging_outputs))
         metrics.log_derived("wer", lambda m: round(100.0 * m["_wer_errors"].sum / max(m["_wer_words"].sum, 1), 3))
