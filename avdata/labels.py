@@ -6,7 +6,7 @@ as UTF-8. Reads go through one memory map per file (reopened lazily in each work
 """
 
 import mmap
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 

@@ -61,7 +61,7 @@ def maybe_submit_slurm(
 
     Returns `None` when no partition was given (run locally). The submitted tasks call
     `main(argv + ['--rank', r, '--nshard', N])` without the Slurm flag. `args` needs `nshard`,
-    `slurm_log_dir`, `slurm_time_min` and `slurm_cpus` (`preparation.cli.add_common_args`).
+    `slurm_log_dir`, `slurm_time_min` and `slurm_cpus` (`preparation.common.add_common_args`).
     """
     if not getattr(args, "slurm_partition", None):
         return None

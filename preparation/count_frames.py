@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from avdata import atomic, markers, procs, sharding
+
 from . import common
 
 logger = logging.getLogger(__name__)

@@ -32,9 +32,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from avdata import constants, procs, sharding
+from avdata import constants
 from avdata.ffmpeg import find_ffmpeg
+
 from . import common
+from .cli import file_list_items, run_main, run_sharded_step
 from .mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
 
 logger = logging.getLogger(__name__)
@@ -175,12 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
-    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
-    if submitted is not None:
-        return submitted
+def _crop_shard(args: argparse.Namespace, ids: List[str]) -> common.StepResult:
     options = CropOptions(
         args.crop_width, args.crop_height, args.start_idx, args.stop_idx, args.window_margin, args.max_clamp_px
     )
@@ -194,11 +191,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.ffmpeg,
         args.video_ext,
     )
-    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
-    result = crop_mouth_rois(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
-    return common.finish_shard(result, args.out_dir, STEP, args.rank, args.nshard)
+    return crop_mouth_rois(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_sharded_step(argv, main, STEP, build_parser(), file_list_items, _crop_shard, lambda a: a.out_dir)
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    run_main(main)

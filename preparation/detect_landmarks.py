@@ -30,8 +30,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from avdata import procs, sharding
 from . import common
+from .cli import file_list_items, run_main, run_sharded_step
 from .landmarks import (
     FaceLandmarker,
     LandmarkOptions,
@@ -163,12 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
-    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
-    if submitted is not None:
-        return submitted
+def _detect_shard(args: argparse.Namespace, ids: List[str]) -> common.StepResult:
     options = LandmarkOptions(
         upsample=args.upsample,
         redetect_every=max(1, args.redetect_every),
@@ -178,11 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = DetectConfig(
         args.video_dir, args.landmark_dir, args.face_predictor, args.cnn_detector, options, args.video_ext
     )
-    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
-    result = detect_landmarks(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
-    return common.finish_shard(result, args.landmark_dir, STEP, args.rank, args.nshard)
+    return detect_landmarks(ids, cfg, args.num_workers, args.overwrite, not args.no_progress)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_sharded_step(argv, main, STEP, build_parser(), file_list_items, _detect_shard, lambda a: a.landmark_dir)
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    run_main(main)

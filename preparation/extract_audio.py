@@ -23,9 +23,10 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from avdata import procs, sharding
 from avdata.ffmpeg import find_ffmpeg
+
 from . import common
+from .cli import file_list_items, run_main, run_sharded_step
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
-    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
-    if submitted is not None:
-        return submitted
-    ids = sharding.shard_items(common.read_list(args.file_list), args.nshard, args.rank)
-    result = extract_audio(
+def _extract_shard(args: argparse.Namespace, ids: List[str]) -> common.StepResult:
+    return extract_audio(
         ids,
         args.video_dir,
         args.audio_dir,
@@ -97,9 +92,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.overwrite,
         not args.no_progress,
     )
-    return common.finish_shard(result, args.audio_dir, STEP, args.rank, args.nshard)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_sharded_step(argv, main, STEP, build_parser(), file_list_items, _extract_shard, lambda a: a.audio_dir)
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    run_main(main)

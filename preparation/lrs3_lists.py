@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from avdata import atomic, procs
+
 from . import common
 from .lrs3_segment import CSV_NAME, parse_lrs3_txt, read_segments
 

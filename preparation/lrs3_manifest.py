@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from avdata import procs
+
 from . import common
 from .count_frames import MERGED_NAME, read_counts
 from .manifests import log_missing, make_rows, write_split

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from avdata import atomic, constants, procs
+
 from . import common
 from .mix_babble import long_enough, read_wav_list, write_mixture
 from .noise_sets import read_16k_mono, split_items

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from avdata import atomic, procs
+
 from . import common, extract_audio, lrs3_lists, lrs3_segment, lrs3_trim
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from avdata import atomic, procs
+
 from . import common
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from avdata import constants, procs, sharding
+from avdata import constants
 from avdata.ffmpeg import find_ffmpeg, run_ffmpeg
+
 from . import common
+from .cli import run_main, run_sharded_step
 from .lrs3_segment import CSV_NAME, Segment, read_segments
 
 logger = logging.getLogger(__name__)
@@ -140,15 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
-    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
-    if submitted is not None:
-        return submitted
+def _trim_config(args: argparse.Namespace) -> TrimConfig:
+    return TrimConfig(str(args.lrs3), str(args.csv or Path(args.lrs3) / CSV_NAME), args.ffmpeg, args.overwrite)
+
+
+def _trim_shard(args: argparse.Namespace, sources: List[str]) -> common.StepResult:
     find_ffmpeg(args.ffmpeg)
-    cfg = TrimConfig(str(args.lrs3), str(args.csv or Path(args.lrs3) / CSV_NAME), args.ffmpeg, args.overwrite)
-    sources = sharding.shard_items(sorted(segments_by_source(cfg.csv_path)), args.nshard, args.rank)
+    cfg = _trim_config(args)
     result, _ = common.run_items(
         sources,
         functools.partial(_work, cfg=cfg),
@@ -157,9 +157,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         desc="trim pretrain",
         progress=not args.no_progress,
     )
-    return common.finish_shard(result, Path(args.lrs3) / "short-pretrain", STEP, args.rank, args.nshard)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_sharded_step(
+        argv, main, STEP, build_parser(),
+        lambda a: sorted(segments_by_source(_trim_config(a).csv_path)), _trim_shard,
+        lambda a: Path(a.lrs3) / "short-pretrain",
+    )
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    run_main(main)

@@ -28,9 +28,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from avdata import atomic, constants, procs, sharding
+from avdata import atomic, constants
 from avdata.manifest import read_manifest, resolve
+
 from . import common
+from .cli import run_main, run_sharded_step
 from .noise_sets import babble, pick, read_16k_mono
 
 logger = logging.getLogger(__name__)
@@ -116,14 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
-    submitted = sharding.maybe_submit_slurm(args, main, argv, STEP)
-    if submitted is not None:
-        return submitted
+def _mix_shard(args: argparse.Namespace, indices: List[int]) -> common.StepResult:
     pool = long_enough(read_wav_list(args.wav_list), args.min_sec)
-    indices = sharding.shard_items(list(range(args.num_mixtures)), args.nshard, args.rank)
     result = mix_babble(
         pool,
         args.out_dir,
@@ -140,9 +136,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         atomic.write_lines(
             out / f"{args.prefix}.tsv", (str(out / f"{args.prefix}-{i:05d}.wav") for i in range(args.num_mixtures))
         )
-    return common.finish_shard(result, args.out_dir, STEP, args.rank, args.nshard)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_sharded_step(
+        argv, main, STEP, build_parser(), lambda a: list(range(a.num_mixtures)), _mix_shard, lambda a: a.out_dir
+    )
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    run_main(main)

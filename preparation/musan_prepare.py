@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from avdata import atomic, constants, procs, sharding
+
 from . import common
 from .mix_babble import mix_babble
 from .noise_sets import chunk_bounds, read_16k_mono, split_items

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from avdata import atomic, constants, procs
+
 from . import common
 from .noise_sets import repeat_to, split_items
 

@@ -44,6 +44,7 @@ from typing import Dict, List, Optional, Tuple
 
 from avdata import atomic, procs, sharding
 from avdata.ffmpeg import find_ffmpeg
+
 from . import common
 
 logger = logging.getLogger(__name__)

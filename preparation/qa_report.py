@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from avdata import atomic, constants, procs
+
 from . import common
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from avdata import atomic, procs
+
 from . import common
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from avdata import procs
+
 from . import common, extract_audio, vox_lists
 
 
