@@ -52,7 +52,7 @@ def decode_once(ckpt: Path, data: Path, out: Path, mods: List[str], split: str, 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-dir", default="demo_out", help="a finished `make demo` output folder")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5])
     # 600 demo transcripts: the LM overfits after ~100 updates (checkpoint_best.pt keeps the best valid loss)
     p.add_argument("--lm-updates", type=int, default=300)
     p.add_argument("--lm-layers", type=int, default=2)
