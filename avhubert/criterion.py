@@ -15,8 +15,10 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
-from fairseq.criterions import CRITERION_REGISTRY, FairseqCriterion, register_criterion
+from fairseq.criterions import FairseqCriterion
 from fairseq.dataclass import FairseqDataclass
+
+from .registration import register_criterion_once
 
 __all__ = ["AVHubertCriterionConfig", "AVHubertCriterion"]
 
@@ -29,6 +31,7 @@ class AVHubertCriterionConfig(FairseqDataclass):
     log_keys: List[str] = field(default_factory=list, metadata={"help": "net-output keys to log"})
 
 
+@register_criterion_once("av_hubert", dataclass=AVHubertCriterionConfig)
 class AVHubertCriterion(FairseqCriterion):
     def __init__(self, task: Any, pred_masked_weight: float, pred_nomask_weight: float,
                  loss_weights: Optional[List[float]] = None, log_keys: Optional[List[str]] = None) -> None:
@@ -103,6 +106,3 @@ class AVHubertCriterion(FairseqCriterion):
         """
         return True
 
-
-if "av_hubert" not in CRITERION_REGISTRY:  # importing the plugin twice must not raise
-    register_criterion("av_hubert", dataclass=AVHubertCriterionConfig)(AVHubertCriterion)

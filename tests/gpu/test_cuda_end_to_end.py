@@ -180,7 +180,7 @@ def test_fine_tuning_and_decoding_models_on_cuda(dtype):
     from types import SimpleNamespace
 
     from avhubert.beam_search import BeamSearchConfig
-    from avhubert.criterion_s2s import Seq2SeqCtcCriterion
+    from avhubert.criterion_ctc_attention import Seq2SeqCtcCriterion
     from avhubert.sequence_generator import CTCGenerator, Seq2SeqGenerator
     from tests.plugin.test_device_guard import ctc_model, finetune_sample, seq2seq_model, target_dictionary
 

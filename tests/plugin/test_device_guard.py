@@ -18,7 +18,7 @@ from fairseq.data import Dictionary
 
 from avhubert.beam_search import BeamSearchConfig
 from avhubert.criterion import AVHubertCriterion
-from avhubert.criterion_s2s import Seq2SeqCtcCriterion
+from avhubert.criterion_ctc_attention import Seq2SeqCtcCriterion
 from avhubert.model_asr import (AVHubertCtc, AVHubertCtcConfig, AVHubertSeq2Seq, AVHubertSeq2SeqConfig, HubertEncoder,
                                 HubertEncoderWrapper)
 from avhubert.modules.decoder import build_decoder_from_cfg

@@ -1,4 +1,4 @@
-"""Criterion `av_hubert_seq2seq_ctc`: label-smoothed attention CE + CTC on the encoder (NEW).
+"""Criterion `av_hubert_seq2seq_ctc`: the joint CTC + attention loss (NEW).
 
 For `av_hubert_seq2seq` models built with `model.ctc_weight = w > 0` (an extra `ctc_proj` head):
 loss = (1 - w) * label-smoothed CE + w * CTC (blank = `<s>`, targets without eos). Such a model
@@ -12,9 +12,10 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
-from fairseq.criterions import CRITERION_REGISTRY, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import (LabelSmoothedCrossEntropyCriterion,
                                                             LabelSmoothedCrossEntropyCriterionConfig)
+
+from .registration import register_criterion_once
 
 __all__ = ["Seq2SeqCtcCriterionConfig", "Seq2SeqCtcCriterion"]
 
@@ -24,6 +25,7 @@ class Seq2SeqCtcCriterionConfig(LabelSmoothedCrossEntropyCriterionConfig):
     pass
 
 
+@register_criterion_once("av_hubert_seq2seq_ctc", dataclass=Seq2SeqCtcCriterionConfig)
 class Seq2SeqCtcCriterion(LabelSmoothedCrossEntropyCriterion):
     def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True):
         net_output = model(**sample["net_input"])
@@ -61,6 +63,3 @@ class Seq2SeqCtcCriterion(LabelSmoothedCrossEntropyCriterion):
         ctc = sum(log.get("ctc_loss", 0) for log in logging_outputs)
         metrics.log_scalar("ctc_loss", ctc / max(sample_size, 1) / 0.6931471805599453, sample_size, round=3)
 
-
-if "av_hubert_seq2seq_ctc" not in CRITERION_REGISTRY:  # importing the plugin twice must not raise
-    register_criterion("av_hubert_seq2seq_ctc", dataclass=Seq2SeqCtcCriterionConfig)(Seq2SeqCtcCriterion)
