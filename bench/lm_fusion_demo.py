@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     data, ckpt = demo / "data", demo / "finetune" / "checkpoints" / "checkpoint_last.pt"
     spm_models = sorted(data.glob("spm*/*.model"))
     if not spm_models or not (data / "dict.wrd.txt").is_file():
-        raise SystemExit(f"no demo corpus in {data}: run `make demo` (or python -m avhubert.demo --out-dir {demo}) first")
+        raise SystemExit(f"no demo corpus in {data}: run `make demo` (or python -m demo.run --out-dir {demo}) first")
     spm_model = spm_models[0]
     work = demo / "lm_fusion"
     start = time.perf_counter()
