@@ -49,11 +49,11 @@ def timed(fn, repeat: int):
 def main() -> None:
     import cv2
 
-    from preparation.crop_mouth_rois import crop_frames
-    from preparation.landmarks import FaceLandmarker, LandmarkOptions
+    from preparation.face.crop_mouth_rois import crop_frames
+    from preparation.face.landmarks import FaceLandmarker, LandmarkOptions
     from avdata.video import write_video
     from preparation.media import convert_fps, read_video
-    from preparation.mouth_roi import DEFAULT_MEAN_FACE
+    from preparation.face.mouth_roi import DEFAULT_MEAN_FACE
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs")

@@ -1,4 +1,4 @@
-"""The reference's script name for `preparation.crop_mouth_rois` (same flags; the reference
+"""The reference's script name for `preparation.face.crop_mouth_rois` (same flags; the reference
 spellings `--video-direc --landmark-direc --filename-path --save-direc --mean-face` are accepted).
 
     python -m preparation.align_mouth --video-direc $LRS3 --landmark-direc $LRS3/landmark \
@@ -6,7 +6,7 @@ spellings `--video-direc --landmark-direc --filename-path --save-direc --mean-fa
 """
 
 from avdata.procs import setup_logging
-from preparation.crop_mouth_rois import main
+from preparation.face.crop_mouth_rois import main
 
 __all__ = ["main"]
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
+import sys
 from typing import Callable, List, Optional, Sequence
 
 from avdata import procs, sharding
 
-from . import common
+from preparation import common
 
-__all__ = ["run_sharded_step", "run_main", "file_list_items"]
+__all__ = ["run_sharded_step", "run_main", "file_list_items", "run_alias"]
 
 
 def run_sharded_step(
@@ -57,3 +59,13 @@ def run_main(main: Callable[[], int]) -> None:
 def file_list_items(args: argparse.Namespace) -> List[str]:
     """The ids of `--file-list` (the items of the per-clip steps)."""
     return common.read_list(args.file_list)
+
+
+def run_alias(old: str, new: str) -> None:
+    """Run module `new` as `__main__` for the deprecated `python -m old` (kept one release).
+
+    Prints the deprecation to stderr first; the command line (`sys.argv`) is passed on unchanged.
+    """
+    print(f"warning: `python -m {old}` is deprecated and will be removed in the next release; "
+          f"use `python -m {new}`", file=sys.stderr)
+    runpy.run_module(new, run_name="__main__", alter_sys=True)

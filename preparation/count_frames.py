@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 from avdata import atomic, markers, procs, sharding
 
-from . import common
+from preparation import common
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def count_one(video_path: str | Path, audio_path: str | Path) -> Optional[Tuple[
     """`(decoded video frames, wav samples)`, or None when either file does not exist."""
     from avdata.video import count_video_frames
 
-    from .media import count_wav_samples
+    from preparation.media import count_wav_samples
 
     if not Path(video_path).is_file() or not Path(audio_path).is_file():
         return None

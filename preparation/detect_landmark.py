@@ -1,4 +1,4 @@
-"""The reference's script name for `preparation.detect_landmarks` (same flags; the reference
+"""The reference's script name for `preparation.face.detect_landmarks` (same flags; the reference
 spellings `--root --landmark --manifest --cnn_detector --face_predictor` are accepted).
 
     python -m preparation.detect_landmark --root $LRS3 --landmark $LRS3/landmark \
@@ -6,7 +6,7 @@ spellings `--root --landmark --manifest --cnn_detector --face_predictor` are acc
 """
 
 from avdata.procs import setup_logging
-from preparation.detect_landmarks import main
+from preparation.face.detect_landmarks import main
 
 __all__ = ["main"]
 

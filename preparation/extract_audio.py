@@ -25,8 +25,8 @@ from typing import List, Optional
 
 from avdata.ffmpeg import find_ffmpeg
 
-from . import common
-from .cli import file_list_items, run_main, run_sharded_step
+from preparation import common
+from preparation.cli import file_list_items, run_main, run_sharded_step
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ STEP = "extract_audio"
 
 
 def _work(item_id: str, video_dir: str, audio_dir: str, video_ext: str, ffmpeg: Optional[str]) -> None:
-    from .media import extract_wav
+    from preparation.media import extract_wav
 
     extract_wav(Path(video_dir) / f"{item_id}{video_ext}", Path(audio_dir) / f"{item_id}.wav", ffmpeg=ffmpeg)
 

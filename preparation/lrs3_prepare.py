@@ -1,10 +1,10 @@
 """The reference's `lrs3_prepare.py --step S` command line, mapped onto this package's
 single-purpose steps (so existing commands keep working).
 
-    step 1: preparation.lrs3_segment   (short-pretrain.csv)
-    step 2: preparation.lrs3_trim      (short-pretrain/ clips and wavs; sharded)
+    step 1: preparation.lrs3.segment   (short-pretrain.csv)
+    step 2: preparation.lrs3.trim      (short-pretrain/ clips and wavs; sharded)
     step 3: preparation.extract_audio  for trainval/ and test/ (sharded)
-    step 4: preparation.lrs3_lists     (file.list, label.list)
+    step 4: preparation.lrs3.lists     (file.list, label.list)
 
 Example (reference spelling):
 
@@ -20,7 +20,10 @@ from typing import List, Optional
 
 from avdata import atomic, procs
 
-from . import common, extract_audio, lrs3_lists, lrs3_segment, lrs3_trim
+from preparation import common, extract_audio
+from preparation.lrs3 import lists as lrs3_lists
+from preparation.lrs3 import segment as lrs3_segment
+from preparation.lrs3 import trim as lrs3_trim
 
 logger = logging.getLogger(__name__)
 

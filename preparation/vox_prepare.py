@@ -1,6 +1,6 @@
 """The reference's `vox_prepare.py --step S` command line, mapped onto this package's steps.
 
-    step 1: preparation.vox_lists     ({vox}/file.list)
+    step 1: preparation.vox2.lists     ({vox}/file.list)
     step 2: preparation.extract_audio ({vox}/audio/{id}.wav; sharded)
 
 Example (reference spelling; its README's `--root` is accepted for `--vox`):
@@ -16,7 +16,8 @@ from typing import List, Optional
 
 from avdata import procs
 
-from . import common, extract_audio, vox_lists
+from preparation import common, extract_audio
+from preparation.vox2 import lists as vox_lists
 
 
 def build_parser() -> argparse.ArgumentParser:

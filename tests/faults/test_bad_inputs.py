@@ -267,7 +267,7 @@ PREP_ERRORS = {"empty": empty, "truncated": truncated, "wrong_format": wrong_for
 def test_own_videos_bad_clips_are_listed_per_file(tmp_path, caplog):
     """Each broken clip is listed with its reason in the failures file; the good one goes through;
     the run exits 1 and its last line says how many clips failed and where they are listed."""
-    from preparation import prepare_own_videos
+    from preparation.own_videos import prepare as prepare_own_videos
 
     src = tmp_path / "in"
     src.mkdir()
@@ -290,7 +290,7 @@ def test_own_videos_bad_clips_are_listed_per_file(tmp_path, caplog):
 
 @pytest.mark.parametrize("case", ["missing_dir", "empty_dir"])
 def test_own_videos_missing_or_empty_input_folder(tmp_path, case):
-    from preparation import prepare_own_videos
+    from preparation.own_videos import prepare as prepare_own_videos
 
     src = tmp_path / "in"
     if case == "empty_dir":

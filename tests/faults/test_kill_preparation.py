@@ -1,4 +1,4 @@
-"""SIGKILL during `preparation.prepare_own_videos` (two real talking-face clips), then rerun.
+"""SIGKILL during `preparation.own_videos.prepare` (two real talking-face clips), then rerun.
 
 Targeted kills land between the writes of a multi-file output (a clip's 25 fps copy and its wav,
 its landmarks and mouth ROI, the manifest and its transcripts, the sentencepiece model and its
@@ -64,7 +64,7 @@ def videos(tmp_path_factory) -> Path:
 
 
 def args(videos: Path) -> List[str]:
-    return ["-m", "preparation.prepare_own_videos", "--in-dir", str(videos / "in"), "--out-dir", str(videos / "out"),
+    return ["-m", "preparation.own_videos.prepare", "--in-dir", str(videos / "in"), "--out-dir", str(videos / "out"),
             "--vocab-size", "20", "--no-cnn", "--no-progress"]
 
 

@@ -64,7 +64,7 @@ def test_own_videos_run_ends_with_the_failure_count_and_lists(make_clip, face25,
     make_clip(tmp_path / "in" / "mute.mp4", frames[:25], audio_sec=0)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "preparation.prepare_own_videos", "--in-dir", str(tmp_path / "in"), "--out-dir",
+        [sys.executable, "-m", "preparation.own_videos.prepare", "--in-dir", str(tmp_path / "in"), "--out-dir",
          str(out), "--no-cnn", "--no-progress"],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), capture_output=True, text=True,
         timeout=300)

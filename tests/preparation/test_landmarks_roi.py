@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from preparation import mouth_roi
-from preparation.landmarks import (
+from preparation.face import mouth_roi
+from preparation.face.landmarks import (
     FaceLandmarker,
     LandmarkOptions,
     default_predictor_path,

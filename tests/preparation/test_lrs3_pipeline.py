@@ -7,19 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preparation import (
-    count_frames,
-    crop_mouth_rois,
-    detect_landmarks,
-    extract_audio,
-    lrs3_lists,
-    lrs3_manifest,
-    lrs3_segment,
-    lrs3_trim,
-)
-from preparation.lrs3_segment import Word, split_utterance
 from avdata import manifest as api
 from avdata.video import count_video_frames
+from preparation import count_frames, extract_audio
+from preparation.face import crop_mouth_rois, detect_landmarks
+from preparation.lrs3 import lists as lrs3_lists
+from preparation.lrs3 import manifest as lrs3_manifest
+from preparation.lrs3 import segment as lrs3_segment
+from preparation.lrs3 import trim as lrs3_trim
+from preparation.lrs3.segment import Word, split_utterance
 from preparation.media import count_wav_samples, read_video
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preparation import lrs3_noise, mix_babble, musan_prepare, noise_manifest
 from avdata import manifest as api
+from preparation.noise import lrs3 as lrs3_noise
+from preparation.noise import mix_babble
+from preparation.noise import musan as musan_prepare
+from preparation.noise import manifest as noise_manifest
 from preparation.media import read_wav_int16, write_wav_int16
-from preparation.noise_sets import babble, chunk_bounds, repeat_to, split_items
+from preparation.noise.sets import babble, chunk_bounds, repeat_to, split_items
 
 RATE = 16_000
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preparation import prepare_own_videos, qa_report
 from avdata.ffmpeg import run_ffmpeg
 from avdata import manifest as api
 from avdata.video import count_video_frames
+from preparation.own_videos import prepare as prepare_own_videos
+from preparation.own_videos import qa_report
 from preparation.media import count_wav_samples, read_video, write_wav_int16
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
@@ -196,8 +197,8 @@ def test_own_videos_manifest_with_existing_spm_model(prepared):
 
 
 def test_qa_drift_flags_landmarks_that_do_not_fit_a_face(prepared):
-    from preparation.landmarks import load_landmarks
-    from preparation.mouth_roi import DEFAULT_MEAN_FACE
+    from preparation.face.landmarks import load_landmarks
+    from preparation.face.mouth_roi import DEFAULT_MEAN_FACE
 
     out, _ = prepared
     lm = load_landmarks(out / "landmark/talk.npy")

@@ -8,18 +8,12 @@ import sys
 
 import pytest
 
-from preparation import (
-    align_mouth,
-    count_frames,
-    detect_landmark,
-    lrs3_manifest,
-    lrs3_noise,
-    lrs3_prepare,
-    musan_prepare,
-    noise_manifest,
-    vox_manifest,
-    vox_prepare,
-)
+from preparation import align_mouth, count_frames, detect_landmark, lrs3_prepare, vox_prepare
+from preparation.lrs3 import manifest as lrs3_manifest
+from preparation.noise import lrs3 as lrs3_noise
+from preparation.noise import musan as musan_prepare
+from preparation.noise import manifest as noise_manifest
+from preparation.vox2 import manifest as vox_manifest
 
 
 def test_detect_landmark_reference_flags():
@@ -133,30 +127,70 @@ def test_count_frames_root_layout(tmp_path):
 
 
 CLIS = [
-    "detect_landmarks",
-    "crop_mouth_rois",
+    "face.detect_landmarks",
+    "face.crop_mouth_rois",
     "extract_audio",
     "count_frames",
-    "lrs3_segment",
-    "lrs3_trim",
-    "lrs3_lists",
-    "lrs3_manifest",
-    "prepare_own_videos",
-    "qa_report",
-    "mix_babble",
-    "musan_prepare",
-    "lrs3_noise",
-    "noise_manifest",
-    "vox_lists",
-    "vox_manifest",
+    "lrs3.segment",
+    "lrs3.trim",
+    "lrs3.lists",
+    "lrs3.manifest",
+    "own_videos.prepare",
+    "own_videos.qa_report",
+    "noise.mix_babble",
+    "noise.musan",
+    "noise.lrs3",
+    "noise.manifest",
+    "vox2.lists",
+    "vox2.manifest",
 ]
+
+# `python -m preparation.<old>` paths of the flat layout, kept one release (deprecated aliases)
+MOVED = {
+    "detect_landmarks": "face.detect_landmarks",
+    "crop_mouth_rois": "face.crop_mouth_rois",
+    "lrs3_segment": "lrs3.segment",
+    "lrs3_trim": "lrs3.trim",
+    "lrs3_lists": "lrs3.lists",
+    "lrs3_manifest": "lrs3.manifest",
+    "prepare_own_videos": "own_videos.prepare",
+    "qa_report": "own_videos.qa_report",
+    "mix_babble": "noise.mix_babble",
+    "musan_prepare": "noise.musan",
+    "lrs3_noise": "noise.lrs3",
+    "noise_manifest": "noise.manifest",
+    "vox_lists": "vox2.lists",
+    "vox_manifest": "vox2.manifest",
+}
 
 
 def test_help_without_dlib_import():
     code = (
-        "import sys\nfrom preparation import " + ", ".join(CLIS) + "\n"
-        "for m in [" + ", ".join(CLIS) + "]:\n    m.build_parser().format_help()\n"
+        "import importlib, sys\n"
+        f"for name in {CLIS!r}:\n    importlib.import_module('preparation.' + name).build_parser().format_help()\n"
         "assert 'dlib' not in sys.modules and 'fairseq' not in sys.modules, sorted(sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_moved_module_paths_keep_working_with_a_deprecation_message():
+    """Each old `python -m preparation.<step>` prints a deprecation to stderr and runs the new CLI."""
+    code = (
+        "import contextlib, io, runpy, sys\n"
+        f"for old, new in {MOVED!r}.items():\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    sys.argv = [old, '--help']\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            runpy.run_module('preparation.' + old, run_name='__main__', alter_sys=True)\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code in (0, None), (old, e.code)\n"
+        "    assert f'python -m preparation.{new}' in err.getvalue() and 'deprecated' in err.getvalue(), (old, err.getvalue())\n"
+        "    assert out.getvalue().startswith('usage:'), (old, out.getvalue()[:200])\n"
+        "print('ok', len(sys.argv))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "preparation.mix_babble", "--help"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "deprecated" in res.stderr and "--num-mixtures" in res.stdout

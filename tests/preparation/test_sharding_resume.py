@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preparation import crop_mouth_rois, detect_landmarks
-from preparation.landmarks import load_landmarks
 from avdata.video import write_video
+from preparation.face import crop_mouth_rois, detect_landmarks
+from preparation.face.landmarks import load_landmarks
 from preparation.media import read_video
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from preparation import count_frames, crop_mouth_rois, detect_landmarks, extract_audio, vox_lists, vox_manifest
 from avdata import manifest as api
+from preparation import count_frames, extract_audio
+from preparation.face import crop_mouth_rois, detect_landmarks
+from preparation.vox2 import lists as vox_lists
+from preparation.vox2 import manifest as vox_manifest
 
 pytest.importorskip("dlib")  # safety net only: dlib-bin is part of the setup
 

@@ -19,7 +19,7 @@ __all__ = ["chunk_bounds", "babble", "split_items", "read_16k_mono", "repeat_to"
 
 def read_16k_mono(path: str | Path) -> np.ndarray:
     """int16 samples `[N]` of a 16 kHz mono wav; raises naming the file otherwise."""
-    from .media import read_wav_int16
+    from preparation.media import read_wav_int16
 
     samples, rate = read_wav_int16(path)
     if rate != AUDIO_SAMPLE_RATE_HZ or samples.ndim != 1:

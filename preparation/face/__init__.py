@@ -1,0 +1,1 @@
+"""Face steps: landmark detection and mouth-ROI cropping (shared by every corpus)."""

@@ -1,0 +1,1 @@
+"""LRS3: segments, clip lists, pretrain trimming, manifests; driver prepare_lrs3.sh."""
