@@ -40,8 +40,7 @@ def run_sharded_step(
     the items of shard `--rank` of `--nshard`; `out_dir(args)` gets
     `failures.{step}.{rank}_{nshard}.tsv` and, when nothing failed, the `.done` marker.
     """
-    args = parser.parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(parser, argv)
     submitted = sharding.maybe_submit_slurm(args, main, argv, step)
     if submitted is not None:
         return submitted

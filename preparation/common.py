@@ -36,9 +36,13 @@ __all__ = [
     "run_items",
     "finish_shard",
     "add_common_args",
+    "add_reference_step_args",
+    "clip_step_parser",
+    "reference_step_argv",
     "add_alias",
     "HelpFormatter",
     "read_list",
+    "parse_args",
     "set_verbosity",
 ]
 
@@ -199,6 +203,40 @@ def add_alias(parser: argparse.ArgumentParser, *names: str, **kwargs) -> argpars
     return parser.add_argument(*names, **kwargs)
 
 
+def clip_step_parser(
+    doc: Optional[str],
+    video_aliases: Sequence[str] = ("--root",),
+    list_aliases: Sequence[str] = ("--manifest",),
+    ffmpeg_help: str = "ffmpeg executable (default: from PATH)",
+) -> argparse.ArgumentParser:
+    """Parser of a per-clip step over `--file-list` ids and `--video-dir/{id}{--video-ext}`, with
+    `--ffmpeg` and the common flags; the step adds its own options."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    add_alias(p, "--video-dir", *video_aliases, required=True, help="folder holding {id}.mp4")
+    add_alias(p, "--file-list", *list_aliases, required=True, help="ids, one per line")
+    p.add_argument("--video-ext", default=".mp4")
+    p.add_argument("--ffmpeg", default=None, help=ffmpeg_help)
+    add_common_args(p)
+    return p
+
+
+def add_reference_step_args(parser: argparse.ArgumentParser) -> None:
+    """`--ffmpeg --rank --nshard --num-workers --no-progress` of the reference's `--step` scripts
+    (`lrs3_prepare`, `vox_prepare`)."""
+    parser.add_argument("--ffmpeg", default=None)
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--nshard", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def reference_step_argv(args: argparse.Namespace) -> Tuple[List[str], List[str]]:
+    """`(shard + ffmpeg flags, progress flag)` to pass from a `--step` script to the sharded steps."""
+    shard = ["--rank", str(args.rank), "--nshard", str(args.nshard), "--num-workers", str(args.num_workers)]
+    quiet = ["--no-progress"] if args.no_progress else []
+    return shard + (["--ffmpeg", args.ffmpeg] if args.ffmpeg else []), quiet
+
+
 def add_common_args(parser: argparse.ArgumentParser, sharded: bool = True) -> None:
     """Flags shared by every step: sharding, workers, overwrite, progress, verbosity, Slurm."""
     if sharded:
@@ -217,6 +255,13 @@ def add_common_args(parser: argparse.ArgumentParser, sharded: bool = True) -> No
     parser.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse a step's command line and apply `--verbose` (every step's first two lines)."""
+    args = parser.parse_args(argv)
+    set_verbosity(args.verbose)
+    return args
 
 
 def set_verbosity(verbose: bool) -> None:

@@ -120,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(parser, argv)
     if args.root:
         args.video_dir = args.video_dir or str(Path(args.root) / "video")
         args.audio_dir = args.audio_dir or str(Path(args.root) / "audio")

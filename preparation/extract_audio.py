@@ -70,14 +70,8 @@ def extract_audio(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
-    add = functools.partial(common.add_alias, p)
-    add("--video-dir", "--root", required=True, help="folder holding {id}.mp4")
-    add("--file-list", "--manifest", required=True, help="ids, one per line")
+    p = common.clip_step_parser(__doc__)
     p.add_argument("--audio-dir", required=True, help="output folder for {id}.wav")
-    p.add_argument("--video-ext", default=".mp4")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg executable (default: from PATH)")
-    common.add_common_args(p)
     return p
 
 

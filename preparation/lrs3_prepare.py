@@ -32,24 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     p.add_argument("--lrs3", required=True, help="LRS3 root")
     p.add_argument("--step", type=int, required=True, choices=[1, 2, 3, 4])
-    p.add_argument("--ffmpeg", default=None)
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--nshard", type=int, default=1)
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--no-progress", action="store_true")
+    common.add_reference_step_args(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     lrs3 = Path(args.lrs3)
-    shard = ["--rank", str(args.rank), "--nshard", str(args.nshard), "--num-workers", str(args.num_workers)]
-    ffmpeg = ["--ffmpeg", args.ffmpeg] if args.ffmpeg else []
-    quiet = ["--no-progress"] if args.no_progress else []
+    shard, quiet = common.reference_step_argv(args)
     if args.step == 1:
         return lrs3_segment.main(["--lrs3", str(lrs3)] + quiet)
     if args.step == 2:
-        return lrs3_trim.main(["--lrs3", str(lrs3)] + shard + ffmpeg + quiet)
+        return lrs3_trim.main(["--lrs3", str(lrs3)] + shard + quiet)
     if args.step == 3:
         ids, _ = lrs3_lists.list_lrs3(lrs3, include_pretrain=False)
         id_list = lrs3 / "trainval_test.list"
@@ -57,7 +51,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return extract_audio.main(
             ["--video-dir", str(lrs3), "--file-list", str(id_list), "--audio-dir", str(lrs3 / "audio")]
             + shard
-            + ffmpeg
             + quiet
         )
     return lrs3_lists.main(["--lrs3", str(lrs3)] + quiet)

@@ -24,37 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
     common.add_alias(p, "--vox", "--root", required=True, help="VoxCeleb2 root")
     p.add_argument("--step", type=int, required=True, choices=[1, 2])
-    p.add_argument("--ffmpeg", default=None)
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--nshard", type=int, default=1)
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--no-progress", action="store_true")
+    common.add_reference_step_args(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     vox = Path(args.vox)
-    quiet = ["--no-progress"] if args.no_progress else []
+    shard, quiet = common.reference_step_argv(args)
     if args.step == 1:
         return vox_lists.main(["--vox", str(vox)] + quiet)
     return extract_audio.main(
-        [
-            "--video-dir",
-            str(vox),
-            "--file-list",
-            str(vox / "file.list"),
-            "--audio-dir",
-            str(vox / "audio"),
-            "--rank",
-            str(args.rank),
-            "--nshard",
-            str(args.nshard),
-            "--num-workers",
-            str(args.num_workers),
-        ]
-        + (["--ffmpeg", args.ffmpeg] if args.ffmpeg else [])
-        + quiet
+        ["--video-dir", str(vox), "--file-list", str(vox / "file.list"), "--audio-dir", str(vox / "audio")] + shard + quiet
     )
 
 

@@ -141,12 +141,10 @@ def crop_mouth_rois(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    p = common.clip_step_parser(__doc__, ("--video-direc",), ("--filename-path", "--manifest"))
     add = functools.partial(common.add_alias, p)
     d = CropOptions()
-    add("--video-dir", "--video-direc", required=True, help="folder holding {id}.mp4")
     add("--landmark-dir", "--landmark-direc", required=True, help="folder holding {id}.npy / {id}.pkl")
-    add("--file-list", "--filename-path", "--manifest", required=True, help="ids, one per line")
     add("--out-dir", "--save-direc", required=True, help="output folder for {id}.mp4")
     p.add_argument(
         "--mean-face",
@@ -171,9 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail",
         help="clips without any landmark: fail, or resize whole frames (reference)",
     )
-    p.add_argument("--video-ext", default=".mp4")
-    p.add_argument("--ffmpeg", default=None, help="ffmpeg executable (default: from PATH)")
-    common.add_common_args(p)
     return p
 
 

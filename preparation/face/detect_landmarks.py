@@ -125,10 +125,8 @@ def detect_landmarks(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=common.HelpFormatter)
+    p = common.clip_step_parser(__doc__, ffmpeg_help="accepted for compatibility; decoding uses OpenCV")
     add = functools.partial(common.add_alias, p)
-    add("--video-dir", "--root", required=True, help="folder holding {id}.mp4")
-    add("--file-list", "--manifest", required=True, help="ids, one per line")
     add("--landmark-dir", "--landmark", required=True, help="output folder for {id}.npy")
     add(
         "--face-predictor",
@@ -157,9 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=LandmarkOptions.detect_max_side,
         help="downscale larger frames to this side for detection only (0 = never)",
     )
-    p.add_argument("--video-ext", default=".mp4")
-    p.add_argument("--ffmpeg", default=None, help="accepted for compatibility; decoding uses OpenCV")
-    common.add_common_args(p)
     return p
 
 

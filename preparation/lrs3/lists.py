@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     lrs3 = Path(args.lrs3)
     file_list, label_list = lrs3 / "file.list", lrs3 / "label.list"
     if file_list.is_file() and label_list.is_file() and not args.overwrite:

@@ -116,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     valid = common.read_list(args.valid_ids) if args.valid_ids else None
     make_lrs3_manifests(args.lrs3, valid, args.vocab_size, args.num_valid, args.seed, args.absolute_paths)
     return 0

@@ -27,72 +27,36 @@
 
 set -euo pipefail
 
-lrs3=""
-stage=0
+# shellcheck source=../stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../stages.sh"
+driver=prepare_lrs3
 stop_stage=9
-nshard=1
-num_workers=1
+lrs3=""
 valid_ids=""
 vocab_size=1000
 mean_face=""
 max_len_sec=15
 ffmpeg=""
-overwrite=0
-python=${PYTHON:-python}
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --lrs3) lrs3=$2; shift 2 ;;
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
-    --nshard) nshard=$2; shift 2 ;;
-    --num-workers) num_workers=$2; shift 2 ;;
     --valid-ids) valid_ids=$2; shift 2 ;;
     --vocab-size) vocab_size=$2; shift 2 ;;
     --mean-face) mean_face=$2; shift 2 ;;
     --max-len-sec) max_len_sec=$2; shift 2 ;;
     --ffmpeg) ffmpeg=$2; shift 2 ;;
-    --overwrite) overwrite=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    *) shared_option "$@"; shift "$shift_by" ;;
   esac
 done
-[[ -n "$lrs3" ]] || { echo "--lrs3 DIR is required" >&2; exit 2; }
-[[ -d "$lrs3" ]] || { echo "LRS3 folder not found: $lrs3" >&2; exit 2; }
-
-driver=prepare_lrs3
-marker_dir=$lrs3
-# shellcheck source=../stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../stages.sh"
-
-common=(--no-progress)
-[[ $overwrite -eq 1 ]] && common+=(--overwrite)
-ffmpeg_opt=()
-[[ -n "$ffmpeg" ]] && ffmpeg_opt=(--ffmpeg "$ffmpeg")
+require_dir --lrs3 "$lrs3" LRS3
+driver_setup "$lrs3"
 
 run_stage 0 segment "$python" -m preparation.lrs3.segment --lrs3 "$lrs3" --max-len-sec "$max_len_sec" "${common[@]}"
 run_stage 1 lists "$python" -m preparation.lrs3.lists --lrs3 "$lrs3" "${common[@]}"
 run_stage 2 trim each_rank "$python" -m preparation.lrs3.trim --lrs3 "$lrs3" --num-workers "$num_workers" \
   "${ffmpeg_opt[@]}" "${common[@]}"
-run_stage 3 audio each_rank "$python" -m preparation.extract_audio --video-dir "$lrs3" --file-list "$lrs3/file.list" \
-  --audio-dir "$lrs3/audio" --num-workers "$num_workers" "${ffmpeg_opt[@]}" "${common[@]}"
-run_stage 4 landmarks each_rank "$python" -m preparation.face.detect_landmarks --video-dir "$lrs3" \
-  --file-list "$lrs3/file.list" --landmark-dir "$lrs3/landmark" --num-workers "$num_workers" "${common[@]}"
-mean_face_opt=()
-[[ -n "$mean_face" ]] && mean_face_opt=(--mean-face "$mean_face")
-# Clips without a face fail here and are listed in video/failures.*.tsv; the run goes on and
-# the manifests leave them out (stage 6 lists them in missing.list).
-run_stage 5 crop each_rank "$python" -m preparation.face.crop_mouth_rois --video-dir "$lrs3" \
-  --landmark-dir "$lrs3/landmark" --file-list "$lrs3/file.list" --out-dir "$lrs3/video" \
-  --num-workers "$num_workers" "${mean_face_opt[@]}" "${ffmpeg_opt[@]}" "${common[@]}" \
-  || log "stage 5: some clips failed, see $lrs3/video/failures.crop_mouth_rois.*.tsv"
-count_stage() {
-  each_rank "$python" -m preparation.count_frames --video-dir "$lrs3/video" --audio-dir "$lrs3/audio" \
-    --file-list "$lrs3/file.list" --out-dir "$lrs3" --num-workers "$num_workers" "${common[@]}"
-  "$python" -m preparation.count_frames --video-dir "$lrs3/video" --audio-dir "$lrs3/audio" \
-    --file-list "$lrs3/file.list" --out-dir "$lrs3" --nshard "$nshard" --merge
-}
-run_stage 6 count count_stage
+clip_stages 3 "$lrs3"
 valid_opt=()
 [[ -n "$valid_ids" ]] && valid_opt=(--valid-ids "$valid_ids")
 run_stage 7 manifest "$python" -m preparation.lrs3.manifest --lrs3 "$lrs3" --vocab-size "$vocab_size" \

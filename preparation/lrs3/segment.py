@@ -180,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     out = Path(args.out or Path(args.lrs3) / CSV_NAME)
     if out.is_file() and not args.overwrite:
         logger.info("%s exists; skipping (--overwrite to redo)", out)

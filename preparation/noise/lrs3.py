@@ -78,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     lrs3 = Path(args.lrs3)
     wavs = read_wav_list(args.manifest or lrs3 / "433h_data" / "train.tsv")
     out_dir = lrs3 / "noise"

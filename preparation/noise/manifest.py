@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     musan, lrs3 = Path(args.musan), Path(args.lrs3)
     lists = category_lists(read_nframes(musan / "short-musan" / "nframes.audio"), args.min_sec, args.max_sec, args.seed)
     lists["speech"] = {s: common.read_list(lrs3 / "noise" / "speech" / f"{s}.tsv") for s in SPLITS}

@@ -23,49 +23,33 @@
 
 set -euo pipefail
 
+# shellcheck source=../stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../stages.sh"
+driver=prepare_noise
+stop_stage=5
 musan=""
 lrs3=""
-stage=0
-stop_stage=5
-nshard=1
-num_workers=1
 num_babble=""
 num_speakers=""
 chunk_sec=""
 seed=0
-overwrite=0
-python=${PYTHON:-python}
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --musan) musan=$2; shift 2 ;;
     --lrs3) lrs3=$2; shift 2 ;;
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage|--stop_stage) stop_stage=$2; shift 2 ;;
-    --nshard) nshard=$2; shift 2 ;;
-    --num-workers) num_workers=$2; shift 2 ;;
     --num-babble) num_babble=$2; shift 2 ;;
     --num-speakers) num_speakers=$2; shift 2 ;;
     --chunk-sec) chunk_sec=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
-    --overwrite) overwrite=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    *) shared_option "$@"; shift "$shift_by" ;;
   esac
 done
-[[ -n "$musan" ]] || { echo "--musan DIR is required" >&2; exit 2; }
-[[ -d "$musan" ]] || { echo "MUSAN folder not found: $musan" >&2; exit 2; }
-if [[ $stop_stage -ge 4 ]]; then
-  [[ -n "$lrs3" && -d "$lrs3" ]] || { echo "stages 4-5 need --lrs3 DIR (a prepared LRS3 folder)" >&2; exit 2; }
-fi
+require_dir --musan "$musan" MUSAN
+if [[ $stop_stage -ge 4 ]]; then require_dir --lrs3 "$lrs3" "LRS3 (stages 4-5)"; fi
+driver_setup "$musan"
 
-driver=prepare_noise
-marker_dir=$musan
-# shellcheck source=../stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../stages.sh"
-
-common=(--no-progress --seed "$seed")
-[[ $overwrite -eq 1 ]] && common+=(--overwrite)
+common+=(--seed "$seed")
 babble_opt=()
 # shellcheck disable=SC2206  # three counts, split on spaces on purpose
 [[ -n "$num_babble" ]] && babble_opt=(--num-babble $num_babble)

@@ -314,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     submitted = sharding.maybe_submit_slurm(args, main, argv, "own_videos")
     if submitted is not None:
         return submitted

@@ -324,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from preparation.face.mouth_roi import load_mean_face
 
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     thresholds = QAThresholds(**{f.name: getattr(args, f.name) for f in fields(QAThresholds)})
     paths = QAPaths(args.landmark_dir, args.roi_dir, args.audio_dir, args.video_dir)
     clips = qa_report(

@@ -60,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.set_verbosity(args.verbose)
+    args = common.parse_args(build_parser(), argv)
     en = common.read_list(args.en_ids) if args.en_ids else None
     make_vox_manifests(args.vox, en, args.absolute_paths)
     return 0
