@@ -27,8 +27,9 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
-__all__ = ["setup_logging", "PARENT_DIED_EXIT_CODE", "WATCHDOG_INTERVAL_S", "set_parent_death_signal", "die_with_parent"]
+__all__ = ["setup_logging", "run_main", "PARENT_DIED_EXIT_CODE", "WATCHDOG_INTERVAL_S", "set_parent_death_signal", "die_with_parent"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCHDOG_INTERVAL_S = 1.0
@@ -38,6 +39,12 @@ PARENT_DIED_EXIT_CODE = 70  # os._exit code of a worker whose parent is gone
 def setup_logging() -> None:
     """Configure the root logger at INFO; call from `__main__` only."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """The `if __name__ == "__main__"` of a command: INFO logging, then exit with `main()`'s code."""
+    setup_logging()
+    raise SystemExit(main())
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from avdata.manifest import ManifestRow, resolve
-from clustering.shards import NonFiniteFeatureError, dump_feature_shard
+from clustering.shards import NonFiniteFeatureError, dump_feature_shard, refusal_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -305,21 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    try:
-        done = dump_hubert_shard(
-            args.tsv_dir, args.split, args.ckpt_path, args.layer, args.nshard, args.rank, args.feat_dir,
-            args.max_chunk, args.user_dir, args.device, args.modalities, args.batch_frames, args.num_workers,
-            args.overwrite, not args.no_progress, args.keep_nonfinite,
-        )
-    except NonFiniteFeatureError as e:
-        logger.error("%s", e)
-        return 1
-    logger.info("done: %s", "written" if done else "skipped (finished before)")
-    return 0
+    return refusal_exit_code(lambda: dump_hubert_shard(
+        args.tsv_dir, args.split, args.ckpt_path, args.layer, args.nshard, args.rank, args.feat_dir,
+        args.max_chunk, args.user_dir, args.device, args.modalities, args.batch_frames, args.num_workers,
+        args.overwrite, not args.no_progress, args.keep_nonfinite,
+    ))
 
 
 if __name__ == "__main__":
-    from avdata.procs import setup_logging
+    from avdata.procs import run_main
 
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

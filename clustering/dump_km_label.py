@@ -40,6 +40,7 @@ from clustering.shards import (
     load_feature_shard,
     nonfinite_rows,
     read_shard_rows,
+    refusal_exit_code,
     shard_name,
 )
 
@@ -172,19 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    try:
-        dump_km_label(
-            args.feat_dir, args.split, args.km_path, args.nshard, args.rank, args.lab_dir,
-            args.device, args.overwrite, not args.no_progress, args.skip_nonfinite, args.tsv_dir,
-        )
-    except NonFiniteFeatureError as e:
-        logger.error("%s", e)
-        return 1
-    return 0
+    return refusal_exit_code(lambda: dump_km_label(
+        args.feat_dir, args.split, args.km_path, args.nshard, args.rank, args.lab_dir,
+        args.device, args.overwrite, not args.no_progress, args.skip_nonfinite, args.tsv_dir,
+    ))
 
 
 if __name__ == "__main__":
-    from avdata.procs import setup_logging
+    from avdata.procs import run_main
 
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

@@ -48,7 +48,7 @@ import torch
 
 from avdata.constants import AUDIO_SAMPLE_RATE_HZ as SAMPLE_RATE_HZ
 from avdata.manifest import ManifestRow, resolve
-from clustering.shards import NonFiniteFeatureError, dump_feature_shard
+from clustering.shards import NonFiniteFeatureError, dump_feature_shard, refusal_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -255,20 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    try:
-        done = dump_mfcc_shard(
-            args.tsv_dir, args.split, args.nshard, args.rank, args.feat_dir,
-            args.sample_rate, args.dither, args.overwrite, not args.no_progress, args.keep_nonfinite,
-        )
-    except NonFiniteFeatureError as e:
-        logger.error("%s", e)
-        return 1
-    logger.info("done: %s", "written" if done else "skipped (finished before)")
-    return 0
+    return refusal_exit_code(lambda: dump_mfcc_shard(
+        args.tsv_dir, args.split, args.nshard, args.rank, args.feat_dir,
+        args.sample_rate, args.dither, args.overwrite, not args.no_progress, args.keep_nonfinite,
+    ))
 
 
 if __name__ == "__main__":
-    from avdata.procs import setup_logging
+    from avdata.procs import run_main
 
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

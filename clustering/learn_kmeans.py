@@ -45,6 +45,7 @@ from clustering.shards import (
     load_feature_shard,
     nonfinite_rows,
     read_shard_rows,
+    refusal_exit_code,
     shard_name,
 )
 
@@ -223,17 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logger.info("args: %s", vars(args))
-    opts = vars(args)
-    try:
-        learn_kmeans(**opts)
-    except (NonFiniteFeatureError, FloatingPointError) as e:
-        logger.error("%s", e)
-        return 1
-    return 0
+    return refusal_exit_code(lambda: learn_kmeans(**vars(args)))
 
 
 if __name__ == "__main__":
-    from avdata.procs import setup_logging
+    from avdata.procs import run_main
 
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

@@ -44,7 +44,7 @@ from avdata.manifest import read_manifest
 from avdata.sharding import slurm_executor
 from clustering.kmeans import DEFAULT_LLOYD_TOL
 from clustering.merge import merge_labels, write_cluster_dict
-from clustering.shards import NonFiniteFeatureError
+from clustering.shards import refusal_exit_code
 from avdata.procs import die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -287,16 +287,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     else:
         runner = LocalRunner(args.num_workers)
-    try:
-        run_iteration(cfg, runner, args.stage, args.stop_stage)
-    except (NonFiniteFeatureError, FloatingPointError) as e:
-        logger.error("%s", e)
-        return 1
-    return 0
+    return refusal_exit_code(lambda: run_iteration(cfg, runner, args.stage, args.stop_stage))
 
 
 if __name__ == "__main__":
-    from avdata.procs import setup_logging
+    from avdata.procs import run_main
 
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

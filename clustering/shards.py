@@ -50,6 +50,7 @@ __all__ = [
     "nonfinite_rows",
     "format_row_ranges",
     "describe_nonfinite",
+    "refusal_exit_code",
 ]
 
 # Fixed .npy header size so the shape can be rewritten in place once all frames are appended.
@@ -111,6 +112,22 @@ def describe_nonfinite(
         f"{path}: {bad_rows.size} of {int(offsets[-1])} rows have NaN/inf features (rows {format_row_ranges(bad_rows)}) "
         f"in {len(utts)} utterances: {', '.join(names)}{more}"
     )
+
+
+def refusal_exit_code(work: Callable[[], object]) -> int:
+    """A command's exit code: 0 when `work()` finishes, 1 (the message logged) when it refuses
+    NaN/inf features (`NonFiniteFeatureError`) or non-finite centroids (`FloatingPointError`).
+
+    A shard step's `True`/`False` result is logged as written / skipped (finished before).
+    """
+    try:
+        result = work()
+    except (NonFiniteFeatureError, FloatingPointError) as e:
+        logger.error("%s", e)
+        return 1
+    if isinstance(result, bool):
+        logger.info("done: %s", "written" if result else "skipped (finished before)")
+    return 0
 
 
 def shard_name(split: str, rank: int, nshard: int) -> str:

@@ -5,11 +5,10 @@ spellings `--video-direc --landmark-direc --filename-path --save-direc --mean-fa
         --filename-path $LRS3/file.list --save-direc $LRS3/video --mean-face 20words_mean_face.npy
 """
 
-from avdata.procs import setup_logging
+from avdata.procs import run_main
 from preparation.face.crop_mouth_rois import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

@@ -18,11 +18,11 @@ import runpy
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from avdata import procs, sharding
+from avdata import sharding
 
 from preparation import common
 
-__all__ = ["run_sharded_step", "run_main", "file_list_items", "run_alias"]
+__all__ = ["run_sharded_step", "file_list_items", "run_alias"]
 
 
 def run_sharded_step(
@@ -47,12 +47,6 @@ def run_sharded_step(
     shard = sharding.shard_items(items(args), args.nshard, args.rank)
     result = work(args, shard)
     return common.finish_shard(result, out_dir(args), step, args.rank, args.nshard)
-
-
-def run_main(main: Callable[[], int]) -> None:
-    """`if __name__ == "__main__"` of a step: INFO logging, then exit with `main()`'s code."""
-    procs.setup_logging()
-    raise SystemExit(main())
 
 
 def file_list_items(args: argparse.Namespace) -> List[str]:

@@ -5,11 +5,10 @@ spellings `--root --landmark --manifest --cnn_detector --face_predictor` are acc
         --manifest $LRS3/file.list --cnn_detector F --face_predictor F --rank 0 --nshard 1
 """
 
-from avdata.procs import setup_logging
+from avdata.procs import run_main
 from preparation.face.detect_landmarks import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    setup_logging()
-    raise SystemExit(main())
+    run_main(main)

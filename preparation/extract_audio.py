@@ -25,8 +25,9 @@ from typing import List, Optional
 
 from avdata.ffmpeg import find_ffmpeg
 
+from avdata import procs
 from preparation import common
-from preparation.cli import file_list_items, run_main, run_sharded_step
+from preparation.cli import file_list_items, run_sharded_step
 
 logger = logging.getLogger(__name__)
 
@@ -93,4 +94,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    procs.run_main(main)

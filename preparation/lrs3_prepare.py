@@ -57,5 +57,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    procs.setup_logging()
-    raise SystemExit(main())
+    procs.run_main(main)

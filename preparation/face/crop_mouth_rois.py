@@ -32,11 +32,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from avdata import constants
+from avdata import constants, procs
 from avdata.ffmpeg import find_ffmpeg
 
 from preparation import common
-from preparation.cli import file_list_items, run_main, run_sharded_step
+from preparation.cli import file_list_items, run_sharded_step
 from preparation.face.mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
 
 logger = logging.getLogger(__name__)
@@ -194,4 +194,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    procs.run_main(main)

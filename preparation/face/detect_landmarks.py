@@ -30,8 +30,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from avdata import procs
 from preparation import common
-from preparation.cli import file_list_items, run_main, run_sharded_step
+from preparation.cli import file_list_items, run_sharded_step
 from preparation.face.landmarks import (
     FaceLandmarker,
     LandmarkOptions,
@@ -176,4 +177,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    procs.run_main(main)

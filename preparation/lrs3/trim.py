@@ -31,11 +31,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from avdata import constants
+from avdata import constants, procs
 from avdata.ffmpeg import find_ffmpeg, run_ffmpeg
 
 from preparation import common
-from preparation.cli import run_main, run_sharded_step
+from preparation.cli import run_sharded_step
 from preparation.lrs3.segment import CSV_NAME, Segment, read_segments
 
 logger = logging.getLogger(__name__)
@@ -169,4 +169,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    procs.run_main(main)

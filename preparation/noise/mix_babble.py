@@ -28,11 +28,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from avdata import atomic, constants
+from avdata import atomic, constants, procs
 from avdata.manifest import read_manifest, resolve
 
 from preparation import common
-from preparation.cli import run_main, run_sharded_step
+from preparation.cli import run_sharded_step
 from preparation.noise.sets import babble, pick, read_16k_mono
 
 logger = logging.getLogger(__name__)
@@ -146,4 +146,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    procs.run_main(main)
