@@ -18,6 +18,8 @@ from fairseq.modules import GradMultiply
 from omegaconf import II
 from torch import nn
 
+from .config_fields import DecoderConfigFields
+from .config_fields import config_field as _f
 from .modules.masking import compute_mask_indices, substitute_video
 from .modules.resnet import ResEncoder
 from .modules.transformer import TransformerEncoder
@@ -25,9 +27,10 @@ from .task import AVHubertPretrainingConfig, AVHubertPretrainingTask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVHubertConfig", "AVHubertModel", "SubModel", "MODALITIES"]
+__all__ = ["AVHubertConfig", "AVHubertModel", "SubModel", "MODALITIES", "MODALITY_DROP_CHOICES"]
 
 MODALITIES = ("audio", "video")
+MODALITY_DROP_CHOICES = ("sample", "none", "audio", "video")  # `modality_drop` / `drop_modality(which)`
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
 MASKING_DISTRIBUTION_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
 MASKING_TYPE_CHOICES = ChoiceEnum(["input", "feature"])
@@ -38,12 +41,10 @@ RELU_CHOICES = ChoiceEnum(["prelu", "relu"])
 ACTIVATION_CHOICES = ChoiceEnum(["relu", "gelu", "gelu_fast", "gelu_accurate", "tanh", "linear"])
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class AVHubertConfig(FairseqDataclass):
+class AVHubertOwnConfig(FairseqDataclass):
+    """The fields `av_hubert` reads (and legacy ones stored configs carry); see `AVHubertConfig`."""
+
     label_rate: int = field(default=II("task.label_rate"), metadata={"help": "label frame rate (Hz); -1 for sequence labels"})
     input_modality: Optional[str] = _f(None, "deprecated and unused (reference interpolated a missing task key); kept so stored configs load")
     wav_input: bool = _f(False, "unused YAML-only key of the reference configs; kept so they load")
@@ -97,20 +98,16 @@ class AVHubertConfig(FairseqDataclass):
     modality_fuse: FUSION_CHOICES = _f("concat", "fusion of the two streams")
     selection_type: SELECTION_TYPE_CHOICES = _f("same_other_seq", "video input-masking substitution source")
     masking_type: MASKING_TYPE_CHOICES = _f("input", "mask raw inputs or fused features")
-    decoder_embed_dim: int = _f(768, "unused by av_hubert (reference reused the config)")
-    decoder_ffn_embed_dim: int = _f(3072, "unused by av_hubert")
-    decoder_layers: int = _f(6, "unused by av_hubert")
-    decoder_layerdrop: float = _f(0.0, "unused by av_hubert")
-    decoder_attention_heads: int = _f(4, "unused by av_hubert")
-    decoder_learned_pos: bool = _f(False, "unused by av_hubert")
-    decoder_normalize_before: bool = _f(False, "unused by av_hubert")
-    no_token_positional_embeddings: bool = _f(False, "unused by av_hubert")
-    decoder_dropout: float = _f(0.1, "unused by av_hubert")
-    decoder_attention_dropout: float = _f(0.1, "unused by av_hubert")
-    decoder_activation_dropout: float = _f(0.0, "unused by av_hubert")
-    max_target_positions: int = _f(2048, "unused by av_hubert")
-    share_decoder_input_output_embed: bool = _f(False, "unused by av_hubert")
-    no_scale_embedding: bool = _f(True, "unused by av_hubert")
+
+
+@dataclass
+class AVHubertConfig(DecoderConfigFields, AVHubertOwnConfig):
+    """Config of model `av_hubert`: its own fields, then the seq2seq decoder's fields, unused here but
+    kept because the reference reused one config (stored configs and checkpoints carry them), with
+    the reference's pre-training defaults where they differ from the seq2seq ones."""
+
+    decoder_dropout: float = _f(0.1, "unused by av_hubert (pre-training default 0.1)")
+    decoder_attention_dropout: float = _f(0.1, "unused by av_hubert (pre-training default 0.1)")
 
 
 def validate_config(cfg: AVHubertConfig) -> None:
@@ -268,20 +265,22 @@ class AVHubertModel(BaseFairseqModel):
             feats.setdefault(m, torch.zeros_like(ref))
         return feats
 
-    def drop_modality(self, feats: Dict[str, torch.Tensor], which: Optional[str] = None) -> Dict[str, torch.Tensor]:
-        """Per-batch modality dropout (training only): zero one stream after its front-end.
+    def drop_modality(self, feats: Dict[str, torch.Tensor], which: str = "sample") -> Dict[str, torch.Tensor]:
+        """Modality dropout: zero one stream after its front-end. `which` (`MODALITY_DROP_CHOICES`):
 
-        Draws once per batch with prob `modality_dropout`, then audio with prob `audio_dropout`
-        (torch RNG; reference used NumPy). `which` in {"audio", "video", "none"} forces a decision.
+        - "sample": the pre-training draw, training mode only: once per batch with prob
+          `modality_dropout`, then audio with prob `audio_dropout` (torch RNG; reference: NumPy);
+        - "none": keep both streams; "audio" / "video": zero that stream (a forced decision).
         """
-        if which is None:
+        if which not in MODALITY_DROP_CHOICES:
+            hint = " (None is not accepted: 'sample' draws from the config, 'none' drops nothing)" if which is None else ""
+            raise ValueError(f"modality_drop must be one of {', '.join(MODALITY_DROP_CHOICES)}, got {which!r}{hint}")
+        if which == "sample":
             which = "none"
             if self.training and float(torch.rand(())) < self.cfg.modality_dropout:
                 which = "audio" if float(torch.rand(())) < self.cfg.audio_dropout else "video"
         if which == "none":
             return feats
-        if which not in MODALITIES:
-            raise ValueError(f"drop_modality must be audio, video or none, got {which!r}")
         return {**feats, which: feats[which] * 0}
 
     def fuse(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -336,9 +335,10 @@ class AVHubertModel(BaseFairseqModel):
         output_layer: Optional[int] = None,
         mask_audio: Optional[torch.Tensor] = None,
         mask_video: Optional[torch.Tensor] = None,
-        modality_drop: Optional[str] = None,
+        modality_drop: str = "sample",
     ) -> Dict[str, Any]:
-        """Pre-training forward (reference signature plus optional injected decisions).
+        """Pre-training forward (reference signature plus optional injected decisions: masks, and
+        `modality_drop`, see `drop_modality`; the default "sample" is the reference's behaviour).
 
         Returns `logit_{m,u}_list`, `target_{m,u}_list`, `padding_mask`, `features_pen`, or with
         `features_only` `{x [B, T, D], padding_mask, features [B, T, D] (zeros at padded frames)}`.
@@ -397,7 +397,7 @@ class AVHubertModel(BaseFairseqModel):
     def extract_features(
         self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
-        modality_drop: Optional[str] = "none",
+        modality_drop: str = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """`(features [B, T, D], padding_mask)`; `ret_conv` returns the fused front-end features
         (after LayerNorm, projection and `dropout_input`), zeros at padded frames as the reference.
@@ -411,7 +411,7 @@ class AVHubertModel(BaseFairseqModel):
     def extract_finetune(
         self, source: Dict[str, Optional[torch.Tensor]], padding_mask: Optional[torch.Tensor] = None,
         mask: bool = False, ret_conv: bool = False, output_layer: Optional[int] = None,
-        modality_drop: Optional[str] = "none",
+        modality_drop: str = "none",
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """As `extract_features`, tolerating a missing modality (zeros after its front-end).
 

@@ -24,6 +24,8 @@ from omegaconf import II, MISSING, DictConfig, open_dict
 from torch import nn
 
 from .checkpoint import exit_on_checkpoint_error
+from .config_fields import DecoderConfigFields
+from .config_fields import config_field as _f
 from .model import MASKING_DISTRIBUTION_CHOICES, AVHubertModel
 from .modules.decoder import build_decoder_from_cfg
 
@@ -35,10 +37,6 @@ __all__ = ["AVHubertAsrConfig", "AVHubertSeq2SeqConfig", "AVHubertCtcConfig", "A
 
 class CheckpointKindError(ValueError):
     """A fine-tuned checkpoint where a pre-trained one is expected, or the reverse."""
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -77,21 +75,9 @@ class AVHubertCtcConfig(AVHubertAsrConfig):
 
 
 @dataclass
-class AVHubertSeq2SeqConfig(AVHubertAsrConfig):
-    decoder_embed_dim: int = _f(768, "decoder embedding dim")
-    decoder_ffn_embed_dim: int = _f(3072, "decoder FFN dim")
-    decoder_layers: int = _f(6, "decoder layers")
-    decoder_layerdrop: float = _f(0.0, "decoder layerdrop")
-    decoder_attention_heads: int = _f(4, "decoder attention heads")
-    decoder_learned_pos: bool = _f(False, "learned (vs sinusoidal) decoder positions")
-    decoder_normalize_before: bool = _f(False, "pre-LN decoder (configs: true)")
-    no_token_positional_embeddings: bool = _f(False, "no decoder positions")
-    decoder_dropout: float = _f(0.0, "decoder dropout")
-    decoder_attention_dropout: float = _f(0.0, "decoder attention dropout")
-    decoder_activation_dropout: float = _f(0.0, "decoder activation dropout")
-    max_target_positions: int = _f(2048, "longest target")
-    share_decoder_input_output_embed: bool = _f(False, "tie the output projection to the embeddings")
-    no_scale_embedding: bool = _f(True, "do not scale token embeddings by sqrt(dim)")
+class AVHubertSeq2SeqConfig(DecoderConfigFields, AVHubertAsrConfig):
+    """The fine-tuning fields, then the decoder's (`DecoderConfigFields`), then `ctc_weight`."""
+
     ctc_weight: float = _f(0.0, "NEW: weight of an auxiliary CTC head on the encoder (0 = none, the reference)")
 
 

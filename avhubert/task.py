@@ -21,6 +21,7 @@ from omegaconf import II, MISSING, open_dict
 
 from . import clean_exit
 from .beam_search import BeamSearchConfig
+from .config_fields import config_field as _f
 from .dataset import AVHubertDataset
 from .scoring import ErrorCounts
 from .sequence_generator import CTCGenerator, Seq2SeqGenerator
@@ -56,10 +57,6 @@ class LabelEncoderS2SToken:
     def decode(self, tokens: torch.Tensor, symbols_ignore: Optional[set] = None) -> str:
         text = self.dictionary.string(tokens, extra_symbols_to_ignore=symbols_ignore)
         return self.bpe_tokenizer.decode(text) if self.bpe_tokenizer else text
-
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -155,3 +155,25 @@ def test_cpu_stem_convolution_equals_conv3d():
     enc = ResEncoder(width=4)
     x = torch.randn(2, 1, 9, 88, 88)
     torch.testing.assert_close(enc.stem_conv(x), enc.frontend3D[0](x), atol=1e-4, rtol=1e-4)
+
+
+def test_modality_drop_has_one_spelling_per_meaning():
+    """"sample" draws from the config (the forward default), "none" drops nothing; None, which once
+    meant "sample" beside "none", is refused with both meanings named."""
+    from avhubert.model import MODALITY_DROP_CHOICES
+
+    assert MODALITY_DROP_CHOICES == ("sample", "none", "audio", "video")
+    model = tiny_model(modality_dropout=1.0, audio_dropout=1.0).train()
+    audio, video, pad = random_batch()
+    feats = model.encode_modalities(audio, video)
+    assert model.drop_modality(feats, "none") is feats
+    assert model.drop_modality(feats, "sample")["audio"].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"None is not accepted: 'sample' draws from the config, 'none' drops nothing"):
+        model.drop_modality(feats, None)
+    with pytest.raises(ValueError, match=r"modality_drop must be one of sample, none, audio, video, got 'both'"):
+        model({"audio": audio, "video": video}, None, pad, features_only=True, modality_drop="both")
+    torch.manual_seed(0)
+    x = model({"audio": audio, "video": video}, None, pad, mask=False, features_only=True)["x"]
+    torch.manual_seed(0)
+    x_sample = model({"audio": audio, "video": video}, None, pad, mask=False, features_only=True, modality_drop="sample")["x"]
+    assert torch.equal(x, x_sample)  # the default is the reference's per-batch draw
