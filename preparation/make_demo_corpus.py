@@ -1,13 +1,9 @@
-"""Deprecated alias: `python -m preparation.make_demo_corpus` -> `python -m demo.make_corpus`.
+"""Deprecated alias (kept one release): `python -m preparation.make_demo_corpus` runs `python -m demo.make_corpus`.
 
-Kept for one release. `preparation` must not import `demo` (the layer above it), so the new module
-is run lazily under `__main__` only; importing this module imports nothing from `demo`.
+`preparation` must not import `demo` (the layer above it): the new module runs only under `__main__`.
 """
 
 if __name__ == "__main__":
-    import runpy
-    import sys
+    from preparation.cli import run_alias
 
-    print("warning: `python -m preparation.make_demo_corpus` is deprecated and will be removed; "
-          "use `python -m demo.make_corpus`", file=sys.stderr)
-    runpy.run_module("demo.make_corpus", run_name="__main__", alter_sys=True)
+    run_alias("preparation.make_demo_corpus", "demo.make_corpus")

@@ -1,13 +1,9 @@
-"""Deprecated alias: `python -m preparation.make_synthetic_data` -> `python -m demo.synthetic_data`.
+"""Deprecated alias (kept one release): `python -m preparation.make_synthetic_data` runs `python -m demo.synthetic_data`.
 
-Kept for one release. `preparation` must not import `demo` (the layer above it), so the new module
-is run lazily under `__main__` only; importing this module imports nothing from `demo`.
+`preparation` must not import `demo` (the layer above it): the new module runs only under `__main__`.
 """
 
 if __name__ == "__main__":
-    import runpy
-    import sys
+    from preparation.cli import run_alias
 
-    print("warning: `python -m preparation.make_synthetic_data` is deprecated and will be removed; "
-          "use `python -m demo.synthetic_data`", file=sys.stderr)
-    runpy.run_module("demo.synthetic_data", run_name="__main__", alter_sys=True)
+    run_alias("preparation.make_synthetic_data", "demo.synthetic_data")
