@@ -42,6 +42,7 @@ from omegaconf import MISSING, OmegaConf, open_dict
 if __package__ in (None, ""):  # run as a script: make the repository importable (no effect on library use)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avdata.atomic import write_text  # noqa: E402
 from avhubert.checkpoint import exit_on_checkpoint_error  # noqa: E402
 from avdata.manifest import read_manifest, resolve  # noqa: E402
 from avhubert.language_model import load_language_model  # noqa: E402
@@ -269,20 +270,14 @@ def decode(cfg: Any) -> Dict[str, Any]:
         handler.close()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any, world: int, rank: int,
                   run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Write this shard; when every shard of a multi-process run is there, merge them.
     `run`: facts about the run for `metrics.json` (modalities, skipped utterances, timing)."""
     run = dict(run or {})
     if world > 1:
-        _atomic_write(results / f"decode.shard{rank}of{world}.meta.json", json.dumps(run))
-        _atomic_write(results / f"decode.shard{rank}of{world}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_text(results / f"decode.shard{rank}of{world}.meta.json", json.dumps(run))
+        write_text(results / f"decode.shard{rank}of{world}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         shards = [results / f"decode.shard{r}of{world}.jsonl" for r in range(world)]
         if not all(p.is_file() for p in shards):
             logger.info("shard %d/%d written; the last process to finish merges", rank, world)
@@ -298,9 +293,9 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
     if have_refs:
         for r in rows:
             counts.add(r["ref"], r["hyp"])
-    _atomic_write(results / "decode.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(results / "decode.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     hypo = {"utt_id": [r["id"] for r in rows], "ref": [r["ref"] for r in rows], "hypo": [r["hyp"] for r in rows]}
-    _atomic_write(results / f"hypo-{fid}.json", json.dumps(hypo, indent=4, ensure_ascii=False))
+    write_text(results / f"hypo-{fid}.json", json.dumps(hypo, indent=4, ensure_ascii=False))
     skipped = run.get("skipped", [])
     total = len(rows) + len(skipped)
     coverage = f"{len(rows)} of {total} utterances decoded"
@@ -317,7 +312,7 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
         # lines 1-2 keep the original's format (`WER: x`, `err / num_ref_words = e / n`)
         text = (f"WER: {wer}\nerr / num_ref_words = {counts.word_errors} / {counts.ref_words}\n{coverage}\n{modality_line}\n\n"
                 f"{OmegaConf.to_yaml(cfg.generation)}\nCER: {cer}\nerr / num_ref_chars = {counts.char_errors} / {counts.ref_chars}\n")
-        _atomic_write(results / f"wer.{fid}", text)
+        write_text(results / f"wer.{fid}", text)
         logger.info("WER: %.3f  CER: %.3f  (%s) -> %s", wer, cer, coverage, results / f"wer.{fid}")
     else:
         logger.info("%s (no references: no WER)", coverage)
@@ -334,7 +329,7 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
         "decode_time_s": decode_time, "wall_time_s": run.get("wall_time_s"),
         "utt_per_s": (len(rows) / decode_time) if decode_time else None,
     }
-    _atomic_write(results / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_text(results / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return {"fid": fid, "num_utts": len(rows), "wer": wer, "cer": cer, "results_path": str(results),
             "num_skipped": len(skipped)}
 

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+from avdata.atomic import write_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["train_sentencepiece", "export_fairseq_dict", "main"]
@@ -78,9 +80,7 @@ def export_fairseq_dict(model_path: str | os.PathLike, dict_path: str | os.PathL
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     pieces = [p for p in pieces if p not in SPECIAL_PIECES]
     dict_path = Path(dict_path)
-    tmp = dict_path.with_name(dict_path.name + ".tmp")
-    tmp.write_text("".join(f"{p} 1\n" for p in pieces), encoding="utf-8")
-    os.replace(tmp, dict_path)
+    write_text(dict_path, "".join(f"{p} 1\n" for p in pieces))
     return pieces
 
 
