@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 __all__ = ["temp_name", "atomic_path", "write_text", "write_bytes", "write_lines", "fsync_path"]
 
@@ -37,15 +37,17 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, fsync: bool = True, tmp: str | os.PathLike | None = None,
+                before_publish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`.
 
     If the block raises, or does not create the temporary file, `path` is left untouched and
-    the temporary file is removed. Creates the parent folder.
+    the temporary file is removed. Creates the parent folder. `tmp` overrides the temporary
+    name (it must be in the same folder); `before_publish(tmp, path)` runs just before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
+    tmp = temp_name(path) if tmp is None else Path(tmp)
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
@@ -53,6 +55,8 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
             raise FileNotFoundError(f"atomic write of {path}: the block did not write {tmp}")
         if fsync:
             fsync_path(tmp)
+        if before_publish is not None:
+            before_publish(tmp, path)
         os.replace(tmp, path)
         if fsync:
             fsync_path(path.parent)

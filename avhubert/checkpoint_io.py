@@ -54,9 +54,12 @@ import shutil
 import sys
 import time
 import zipfile
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+
+from avdata.atomic import atomic_path
 
 from .checkpoint import (
     CheckpointError,
@@ -92,33 +95,14 @@ def temporary_path(dst: str) -> str:
     return os.path.join(head, f".{tail}.tmp")
 
 
-def _fsync_dir(path: str) -> None:
-    """Persist a rename: fsync the directory (a no-op where the OS does not allow it)."""
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fault_pause(tmp: str, dst: str) -> None:
+def _fault_pause(tmp: Path, dst: Path) -> None:
+    """Test hook: sleep just before the rename when `AVHUBERT_CHECKPOINT_PAUSE_S` is set."""
     seconds = os.environ.get(PAUSE_ENV)
     if seconds and fnmatch.fnmatch(os.path.basename(dst), os.environ.get(PAUSE_MATCH_ENV, "*")):
         logger.warning("checkpoint write paused: %s -> %s", tmp, dst)
         sys.stdout.flush()
         sys.stderr.flush()
         time.sleep(float(seconds))
-
-
-def _publish(tmp: str, dst: str) -> None:
-    _fault_pause(tmp, dst)
-    os.replace(tmp, dst)
-    _fsync_dir(os.path.dirname(dst))
 
 
 def _remove_quietly(path: str) -> None:
@@ -132,12 +116,10 @@ def atomic_copy(src: str, dst: str, hard_link: bool = True) -> str:
     """Make `dst` a complete copy of `src` in one step: readers see the old `dst` or the new one.
 
     Hard-links `src` to a temporary name (or, where links fail or `hard_link` is False, copies
-    and fsyncs it), then renames that onto `dst`. Returns "link" or "copy".
+    it), then `avdata.atomic` fsyncs and renames that onto `dst`. Returns "link" or "copy".
     """
-    tmp = temporary_path(dst)
-    _remove_quietly(tmp)
     method = "copy"
-    try:
+    with atomic_path(dst, tmp=temporary_path(dst), before_publish=_fault_pause) as tmp:
         if hard_link:
             try:
                 os.link(src, tmp)
@@ -147,27 +129,14 @@ def atomic_copy(src: str, dst: str, hard_link: bool = True) -> str:
         if method == "copy":
             with open(src, "rb") as fi, open(tmp, "wb") as fo:
                 shutil.copyfileobj(fi, fo, COPY_CHUNK_BYTES)
-                fo.flush()
-                os.fsync(fo.fileno())
-        _publish(tmp, dst)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
     return method
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """`torch.save(obj, path)` through a temporary file, fsync and rename."""
-    tmp = temporary_path(path)
-    try:
+    """`torch.save(obj, path)` through a temporary file, fsync and rename (`avdata.atomic`)."""
+    with atomic_path(path, tmp=temporary_path(path), before_publish=_fault_pause) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------- resume
