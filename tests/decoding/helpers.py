@@ -89,3 +89,34 @@ def eos_friendly_decoder(vocab: int = 11, seed: int = 0, eos_boost: float = 1.5,
     with torch.no_grad():
         dec.embed_tokens.weight[EOS].mul_(eos_boost)
     return dec
+
+
+def fairseq_generate(dec: TransformerDecoder, enc: Dict[str, Tensor], vocab: int, enc_dim: int, cfg, max_len: int,
+                     prefix_tokens: Tensor = None, **generator_kwargs) -> List[List[Dict[str, Tensor]]]:
+    """fairseq's own `SequenceGenerator` over `dec`'s weights and a fixed encoder output (the parity reference).
+
+    `max_len_a` is 0: fairseq limits every utterance to the same `max_len`. Extra keyword arguments
+    (e.g. `lm_model`, `lm_weight`) go to the generator.
+    """
+    from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
+    from fairseq.sequence_generator import SequenceGenerator
+
+    ref_dec, dictionary = fairseq_decoder_like(dec, vocab, enc_dim)
+
+    class FixedEncoder(FairseqEncoder):
+        def forward(self, src_tokens, src_lengths=None, **unused):
+            return {"encoder_out": [enc["encoder_out"]], "encoder_padding_mask": [enc["encoder_padding_mask"]]}
+
+        def reorder_encoder_out(self, encoder_out, new_order):
+            return {"encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
+                    "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)]}
+
+    model = FairseqEncoderDecoderModel(FixedEncoder(dictionary), ref_dec).eval()
+    gen = SequenceGenerator([model], dictionary, beam_size=cfg.beam, max_len_a=0, max_len_b=max_len,
+                            min_len=cfg.min_len, normalize_scores=cfg.normalize_scores, len_penalty=cfg.lenpen,
+                            unk_penalty=cfg.unkpen, temperature=cfg.temperature,
+                            no_repeat_ngram_size=cfg.no_repeat_ngram_size, **generator_kwargs)
+    bsz, t_max = enc["encoder_padding_mask"].shape
+    sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max)}}
+    with torch.no_grad():
+        return gen.generate([model], sample, prefix_tokens=prefix_tokens)

@@ -14,7 +14,7 @@ from tests.decoding.helpers import (
     PAD,
     UNK,
     eos_friendly_decoder,
-    fairseq_decoder_like,
+    fairseq_generate,
     random_encoder_out,
     slice_encoder_out,
 )
@@ -91,31 +91,6 @@ def test_incremental_equals_full_recomputation(name):
         _assert_same(a, b)
 
 
-def _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len, prefix_tokens=None):
-    from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
-    from fairseq.sequence_generator import SequenceGenerator
-
-    ref_dec, dictionary = fairseq_decoder_like(dec, vocab, enc_dim)
-
-    class FixedEncoder(FairseqEncoder):
-        def forward(self, src_tokens, src_lengths=None, **unused):
-            return {"encoder_out": [enc["encoder_out"]], "encoder_padding_mask": [enc["encoder_padding_mask"]]}
-
-        def reorder_encoder_out(self, encoder_out, new_order):
-            return {"encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
-                    "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)]}
-
-    model = FairseqEncoderDecoderModel(FixedEncoder(dictionary), ref_dec).eval()
-    gen = SequenceGenerator([model], dictionary, beam_size=cfg.beam, max_len_a=0, max_len_b=max_len,
-                            min_len=cfg.min_len, normalize_scores=cfg.normalize_scores, len_penalty=cfg.lenpen,
-                            unk_penalty=cfg.unkpen, temperature=cfg.temperature,
-                            no_repeat_ngram_size=cfg.no_repeat_ngram_size)
-    bsz, t_max = enc["encoder_padding_mask"].shape
-    sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max)}}
-    with torch.no_grad():
-        return gen.generate([model], sample, prefix_tokens=prefix_tokens)
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_matches_fairseq_sequence_generator(name):
     # fairseq limits every utterance to the same max_len (from the padded batch), so compare with
@@ -128,7 +103,7 @@ def test_matches_fairseq_sequence_generator(name):
     dec = eos_friendly_decoder(vocab=vocab, seed=3)
     enc = random_encoder_out(LENGTHS, seed=3)
     ours = _search(dec, enc, cfg)
-    ref = _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6)
+    ref = fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6)
     for hyps, ref_hyps in zip(ours, ref):
         assert [h.tokens.tolist() for h in hyps] == [r["tokens"].tolist() for r in ref_hyps]
         for h, r in zip(hyps, ref_hyps):
@@ -145,7 +120,7 @@ def test_prefix_tokens_match_fairseq_and_start_every_hypothesis():
     # per utterance a 2-token prefix the free search did not choose; pad = no constraint
     prefix = torch.tensor([[7, 8], [9, PAD], [6, 6], [10, 7]])
     ours = _search(dec, enc, cfg, prefix_tokens=prefix)
-    ref = _fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6, prefix_tokens=prefix)
+    ref = fairseq_generate(dec, enc, vocab, enc_dim, cfg, max_len=6, prefix_tokens=prefix)
     for i, (hyps, ref_hyps) in enumerate(zip(ours, ref)):
         want = [t for t in prefix[i].tolist() if t != PAD]
         assert all(h.tokens[: len(want)].tolist() == want for h in hyps)

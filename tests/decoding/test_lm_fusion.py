@@ -9,7 +9,7 @@ import torch
 
 from avhubert.beam_search import BeamSearchConfig, beam_search
 from avhubert.sequence_generator import FairseqLMScorer, Seq2SeqGenerator, check_lm_dictionary
-from tests.decoding.helpers import EOS, PAD, UNK, eos_friendly_decoder, fairseq_decoder_like, random_encoder_out
+from tests.decoding.helpers import EOS, PAD, UNK, eos_friendly_decoder, fairseq_generate, random_encoder_out
 
 LENGTHS = [9, 4, 7, 8]
 VOCAB, ENC_DIM = 11, 12
@@ -46,27 +46,8 @@ def _ours(dec, enc, cfg, lm=None, **kw):
 
 
 def _fairseq(dec, enc, cfg, max_len, lm=None, lm_weight=1.0, prefix_tokens=None):
-    from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
-    from fairseq.sequence_generator import SequenceGenerator
-
-    ref_dec, dictionary = fairseq_decoder_like(dec, VOCAB, ENC_DIM)
-
-    class FixedEncoder(FairseqEncoder):
-        def forward(self, src_tokens, src_lengths=None, **unused):
-            return {"encoder_out": [enc["encoder_out"]], "encoder_padding_mask": [enc["encoder_padding_mask"]]}
-
-        def reorder_encoder_out(self, encoder_out, new_order):
-            return {"encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
-                    "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)]}
-
-    model = FairseqEncoderDecoderModel(FixedEncoder(dictionary), ref_dec).eval()
-    gen = SequenceGenerator([model], dictionary, beam_size=cfg.beam, max_len_a=0, max_len_b=max_len,
-                            min_len=cfg.min_len, normalize_scores=cfg.normalize_scores, len_penalty=cfg.lenpen,
-                            unk_penalty=cfg.unkpen, temperature=cfg.temperature, lm_model=lm, lm_weight=lm_weight)
-    bsz, t_max = enc["encoder_padding_mask"].shape
-    sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max)}}
-    with torch.no_grad():
-        return gen.generate([model], sample, prefix_tokens=prefix_tokens)
+    return fairseq_generate(dec, enc, VOCAB, ENC_DIM, cfg, max_len, prefix_tokens=prefix_tokens, lm_model=lm,
+                            lm_weight=lm_weight)
 
 
 def _assert_equal_to_fairseq(ours, ref):
