@@ -3,7 +3,6 @@ in audio, video and audio-visual modes; released-format fixtures; clear errors o
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from fairseq import checkpoint_utils
 
 from avhubert.infer_s2s import InferConfig, decode
 from avhubert.model_asr import CheckpointKindError
-from preparation.tokenizer import train_sentencepiece
+from tests.finetune.helpers import add_test_split_and_vocab, copy_corpus
 from tests.conftest import run_cli, shared_fixture
 from tests.fixed_init import assert_summary, fixed_tensor
 from omegaconf import OmegaConf
@@ -23,16 +22,7 @@ from omegaconf import OmegaConf
 @pytest.fixture(scope="module")
 def ft_data(synthetic_corpus, tmp_path_factory) -> Path:
     """The synthetic corpus plus a sentencepiece vocabulary and a test split."""
-    data = tmp_path_factory.mktemp("ftdata")
-    for f in synthetic_corpus.iterdir():
-        if f.is_file():
-            shutil.copy(f, data / f.name)
-    shutil.copy(data / "valid.tsv", data / "test.tsv")
-    shutil.copy(data / "valid.wrd", data / "test.wrd")
-    texts = (data / "train.wrd").read_text().splitlines()
-    model, dct = train_sentencepiece(texts, data / "spm" / "spm", vocab_size=30)
-    shutil.copy(dct, data / "dict.wrd.txt")
-    return data
+    return add_test_split_and_vocab(copy_corpus(synthetic_corpus, tmp_path_factory.mktemp("ftdata")))
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +40,7 @@ def learn_data(tmp_path_factory) -> Path:
             c = row.split()
             lines.append(" ".join(WORDS[int(x)] for i, x in enumerate(c) if i == 0 or c[i - 1] != x))
         (data / f"{split}.wrd").write_text("\n".join(lines) + "\n")
-    shutil.copy(data / "valid.tsv", data / "test.tsv")
-    shutil.copy(data / "valid.wrd", data / "test.wrd")
-    _, dct = train_sentencepiece((data / "train.wrd").read_text().splitlines(), data / "spm" / "spm",
-                                 vocab_size=20, model_type="word")
-    shutil.copy(dct, data / "dict.wrd.txt")
-    return data
+    return add_test_split_and_vocab(data, vocab_size=20, model_type="word")
 
 
 # Audio only (fast), constant lr 0.01 after 5 warm-up updates, no dropout: 100 updates of 2 batches.
