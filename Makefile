@@ -23,6 +23,8 @@ $(STAMP): requirements.txt Makefile pyproject.toml
 	$(PIP) install -q numpy==2.4.6 cython==3.3.1
 	$(PIP) install -q --no-build-isolation fairseq-fixed==0.12.3.1
 	$(PIP) install -q -r requirements.txt
+	# fairseq pulls torchaudio, whose PyPI build does not load with this torch; transformers probes it at import
+	$(PIP) uninstall -y -q torchaudio
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
