@@ -33,9 +33,7 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from avdata import atomic, procs, sharding
 from avdata.ffmpeg import find_ffmpeg
 
 from preparation import common
+from preparation.records import read_records, record_path
 
 logger = logging.getLogger(__name__)
 
@@ -96,34 +95,17 @@ def discover_clips(in_dir: str | Path) -> List[Clip]:
 
 
 def read_clip_list(path: str | Path) -> List[Clip]:
-    """Clips from a CSV (`id,video,transcript` header) or JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"clip list not found: {path}")
-    records: List[Tuple[int, dict]] = []
-    if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        records.append((lineno, json.loads(line)))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-    else:
-        with open(path, encoding="utf-8", newline="") as f:
-            records = list(enumerate(csv.DictReader(f), start=2))
+    """Clips from a CSV (`id,video,transcript` header) or JSONL file (`preparation.records`)."""
     clips, seen = [], set()
-    for lineno, rec in records:
-        if not rec.get("id") or not rec.get("video"):
-            raise ValueError(f"{path}:{lineno}: each clip needs 'id' and 'video' (and optionally 'transcript')")
-        item_id = _check_id(str(rec["id"]), f"{path}:{lineno}")
+    for rec in read_records(path):
+        if not rec.fields.get("id") or not rec.fields.get("video"):
+            raise ValueError(f"{rec.where}: each clip needs 'id' and 'video' (and optionally 'transcript')")
+        item_id = _check_id(str(rec.fields["id"]), rec.where)
         if item_id in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate id {item_id!r}")
+            raise ValueError(f"{rec.where}: duplicate id {item_id!r}")
         seen.add(item_id)
-        video = Path(rec["video"])
-        video = video if video.is_absolute() else (path.parent / video)
-        text = rec.get("transcript")
-        clips.append(Clip(item_id, str(video.resolve()), " ".join(str(text).split()) or None if text else None))
+        video = record_path(rec, str(rec.fields["video"]))
+        clips.append(Clip(item_id, str(video.resolve()), rec.text("transcript")))
     return clips
 
 
