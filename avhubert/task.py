@@ -20,18 +20,22 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING, open_dict
 
 from . import clean_exit
+from avdata.manifest import read_manifest
+
 from .beam_search import BeamSearchConfig
 from .config_fields import config_field as _f
 from .dataset import AVHubertDataset
+from .llm_generation import LlmGenerator
 from .scoring import ErrorCounts
 from .sequence_generator import CTCGenerator, Seq2SeqGenerator
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AVHubertPretrainingConfig", "AVHubertPretrainingTask", "GENERATOR_KINDS", "LabelEncoder",
-           "LabelEncoderS2SToken"]
+           "LabelEncoderS2SToken", "ClassLabelEncoder", "FolderLabels", "CLASS_LABEL"]
 
-GENERATOR_KINDS = ("ctc", "seq2seq")  # values of a model's `generator_kind` (see `build_generator`)
+GENERATOR_KINDS = ("ctc", "seq2seq", "llm")  # values of a model's `generator_kind` (see `build_generator`)
+CLASS_LABEL = "lbl"  # label type of utterance classification: one class name per line -> one class index
 
 
 class LabelEncoder:
@@ -57,6 +61,50 @@ class LabelEncoderS2SToken:
     def decode(self, tokens: torch.Tensor, symbols_ignore: Optional[set] = None) -> str:
         text = self.dictionary.string(tokens, extra_symbols_to_ignore=symbols_ignore)
         return self.bpe_tokenizer.decode(text) if self.bpe_tokenizer else text
+
+
+class ClassLabelEncoder:
+    """One class name per line -> `[1]` class index in `[0, N)` (dictionary index minus its specials)."""
+
+    def __init__(self, dictionary: Dictionary, source: str = "") -> None:
+        self.dictionary, self.source = dictionary, source
+
+    def index(self, name: str) -> Optional[int]:
+        """Class index of `name`, or None when the dictionary lacks it."""
+        idx = self.dictionary.index(name.strip())
+        return idx - self.dictionary.nspecial if idx >= self.dictionary.nspecial and self.dictionary[idx] == name.strip() else None
+
+    def __call__(self, label: str) -> torch.Tensor:
+        idx = self.index(label)
+        if idx is None:
+            raise ValueError(f"{self.source}: class {label.strip()!r} is not in dict.{CLASS_LABEL}.txt")
+        return torch.tensor([idx], dtype=torch.long)
+
+    def check(self, index: Any, lines: Any) -> None:
+        """Raise naming the label source and line for the first class name missing from the dictionary."""
+        for line in lines:
+            name = index.read(int(line))
+            if self.index(name) is None:
+                raise ValueError(f"{index.path}: line {int(line) + 1}: class {name.strip()!r} is not in dict.{CLASS_LABEL}.txt")
+
+
+class FolderLabels:
+    """Class names from the parent folder of each manifest row's video (audio when there is no video);
+    the `LabelIndex` interface the dataset reads (`task.label_from_folder`)."""
+
+    def __init__(self, manifest: str) -> None:
+        _, rows = read_manifest(manifest)
+        self.path = f"{manifest} (parent folder names)"
+        self.names = [os.path.basename(os.path.dirname(r.video or r.audio or "")) for r in rows]
+        for i, name in enumerate(self.names):
+            if not name:
+                raise ValueError(f"{manifest}:{i + 2}: a clip without a parent folder (task.label_from_folder)")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, line: int) -> str:
+        return self.names[line]
 
 
 @dataclass
@@ -98,11 +146,13 @@ class AVHubertPretrainingConfig(FairseqDataclass):
     eval_wer_max_len_b: int = _f(0, "validation decoding: max length = a * encoder steps + b")
     eval_print_samples: int = _f(3, "reference/hypothesis pairs logged per validation (and to TensorBoard)")
     eval_tensorboard_dir: Optional[str] = _f(None, "TensorBoard dir for validation sample predictions (text)")
+    label_from_folder: bool = _f(False, "NEW, classification (labels=[lbl]): class = parent folder name of each clip instead of {split}.lbl")
 
 
 @register_task("av_hubert_pretraining", dataclass=AVHubertPretrainingConfig)
 class AVHubertPretrainingTask(FairseqTask):
     cfg: AVHubertPretrainingConfig
+    text_codec: Any = None  # set by a model that tokenises transcripts itself (see `set_text_codec`)
 
     def __init__(self, cfg: AVHubertPretrainingConfig) -> None:
         super().__init__(cfg)
@@ -169,15 +219,23 @@ class AVHubertPretrainingTask(FairseqTask):
         clean_exit.install()  # stop fairseq's prefetch threads at exit (else: abort after a good run)
         cfg = self.cfg
         manifest = os.path.join(cfg.data, f"{split}.tsv")
-        dictionaries = [self.target_dictionary] if cfg.fine_tuning else self.dictionaries
+        dictionaries = [] if self.text_codec is not None else [self.target_dictionary] if cfg.fine_tuning else self.dictionaries
         paths = [os.path.join(self._label_dir(), f"{split}.{label}") for label in cfg.labels]
+        folder_labels = cfg.label_from_folder and list(cfg.labels) == [CLASS_LABEL]
+        if folder_labels:
+            paths = []  # the dataset gets a `FolderLabels` index below
         for p in paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"label file {p} not found (task.label_dir / task.labels)")
-        if cfg.fine_tuning and self.has_tokenizer:
+        if cfg.fine_tuning and list(cfg.labels) == [CLASS_LABEL]:
+            procs = [ClassLabelEncoder(dictionaries[0], source=f"{split}.{CLASS_LABEL}")]
+        elif cfg.fine_tuning and self.has_tokenizer:
             procs = [LabelEncoderS2SToken(dictionaries[0], self.s2s_tokenizer, append_eos=cfg.is_s2s)]
         else:
             procs = [LabelEncoder(d) for d in dictionaries]
+        pads, eoss = [d.pad() for d in dictionaries], [d.eos() for d in dictionaries]
+        if self.text_codec is not None:  # transcripts in the model's own tokenizer (av_hubert_llm)
+            procs, pads, eoss = [self.text_codec] * len(paths), [self.text_codec.pad] * len(paths), [self.text_codec.eos] * len(paths)
         noise_fn = os.path.join(cfg.noise_wav, f"{split}.tsv") if cfg.noise_wav else None
         max_trim = cfg.max_trim_sample_size
         if isinstance(max_trim, str):  # unresolved `${task.max_sample_size}` (config built outside Hydra)
@@ -187,8 +245,8 @@ class AVHubertPretrainingTask(FairseqTask):
             sample_rate=cfg.sample_rate,
             label_paths=paths,
             label_rates=cfg.label_rate,
-            pad_list=[d.pad() for d in dictionaries],
-            eos_list=[d.eos() for d in dictionaries],
+            pad_list=pads,
+            eos_list=eoss,
             label_processors=procs,
             max_keep_sample_size=cfg.max_sample_size,
             min_keep_sample_size=cfg.min_sample_size,
@@ -211,6 +269,12 @@ class AVHubertPretrainingTask(FairseqTask):
             noise_num=cfg.noise_num,
             seed=cfg.noise_seed,
         )
+        if procs and isinstance(procs[0], ClassLabelEncoder):
+            dataset = self.datasets[split]
+            if folder_labels:  # the dataset's label index, built from the manifest instead of a file
+                dataset.label_indexes, dataset.label_rates = [FolderLabels(manifest)], [-1]
+            index = dataset.label_indexes[0]
+            procs[0].check(index, dataset.label_lines)
 
     def build_model(self, cfg: Any, from_checkpoint: bool = False) -> Any:
         """Build, then copy the pre-training config the fine-tuning model stored (`w2v_args`)
@@ -238,6 +302,11 @@ class AVHubertPretrainingTask(FairseqTask):
         kind = getattr(models[0], "generator_kind", "seq2seq")
         if kind not in GENERATOR_KINDS:
             raise ValueError(f"{type(models[0]).__name__}.generator_kind must be one of {GENERATOR_KINDS}, got {kind!r}")
+        if kind == "llm":
+            if lm_model is not None:
+                raise ValueError("language-model shallow fusion (lm_model / generation.lm_path) does not apply to "
+                                 "av_hubert_llm: its decoder is already a language model")
+            return LlmGenerator(BeamSearchConfig.from_generation_cfg(args, **extra))
         if kind == "ctc":
             if lm_model is not None:
                 raise ValueError("language-model shallow fusion (lm_model / generation.lm_path) is implemented for "
@@ -247,8 +316,21 @@ class AVHubertPretrainingTask(FairseqTask):
         return Seq2SeqGenerator(self.target_dictionary, config, lm_model=lm_model,
                                 lm_weight=None if lm_weight is None else float(lm_weight))
 
+    def set_text_codec(self, codec: Any) -> None:
+        """A model that tokenises transcripts with its own tokenizer (`av_hubert_llm`: the LM's) hands
+        it over at build time: `codec(text) -> ids`, `codec.decode(ids) -> text`, `codec.pad`,
+        `codec.eos`. Datasets loaded afterwards carry those ids; `decode_tokens` uses it."""
+        self.text_codec = codec
+
+    def target_text(self, target: torch.Tensor) -> str:
+        """One padded row of `sample["target"]` -> the reference text."""
+        pad = self.text_codec.pad if self.text_codec is not None else self.target_dictionary.pad()
+        return self.decode_tokens(target[target != pad])
+
     def decode_tokens(self, tokens: torch.Tensor) -> str:
         """Target ids -> text (eos/pad/bos stripped, sentencepiece detokenised)."""
+        if self.text_codec is not None:
+            return self.text_codec.decode(tokens)
         d = self.target_dictionary
         text = d.string(tokens.int().cpu(), extra_symbols_to_ignore={d.eos(), d.pad(), d.bos()})
         return self.s2s_tokenizer.decode(text) if self.has_tokenizer else text
@@ -264,6 +346,7 @@ class AVHubertPretrainingTask(FairseqTask):
         return "s2s_tokenizer" in self.state.state_dict or self._config_names_tokenizer()
 
     def valid_step(self, sample: Any, model: Any, criterion: Any):
+        self._valid_criterion = criterion  # for post_validate
         loss, sample_size, log = super().valid_step(sample, model, criterion)
         if self.cfg.eval_wer and self.cfg.fine_tuning and "target" in sample:
             counts = ErrorCounts()
@@ -282,8 +365,7 @@ class AVHubertPretrainingTask(FairseqTask):
                             temperature=1.0, no_repeat_ngram_size=0, unnormalized=False)
             self._eval_generator = self.build_generator([model], gen)
         hyps = self._eval_generator.generate([model], sample)
-        d = self.target_dictionary
-        refs = [self.decode_tokens(t[t != d.pad()]) for t in sample["target"]]
+        refs = [self.target_text(t) for t in sample["target"]]
         return refs, [self.decode_tokens(h[0]["tokens"]) for h in hyps]
 
     def _log_samples(self, model: Any, sample: Any, refs: List[str], hyps: List[str]) -> None:
@@ -301,6 +383,13 @@ class AVHubertPretrainingTask(FairseqTask):
                 self._tb_writer = SummaryWriter(self.cfg.eval_tensorboard_dir)
             self._tb_writer.add_text("valid/samples", "\n\n".join(l.replace("\n", "  \n") for l in lines), updates)
             self._tb_writer.flush()
+
+    def post_validate(self, model: Any, stats: dict, agg: Any) -> None:
+        """End of a validation pass (fairseq_cli.train calls it): a criterion with `post_validate`
+        reports from the aggregated metrics (classification: per-class accuracy, confusion matrix)."""
+        report = getattr(getattr(self, "_valid_criterion", None), "post_validate", None)
+        if report is not None:
+            report(stats, agg, int(stats.get("num_updates", getattr(model, "num_updates", 0))))
 
     def reduce_metrics(self, logging_outputs: List[Any], criterion: Any) -> None:
         super().reduce_metrics(logging_outputs, criterion)
