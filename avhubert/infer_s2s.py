@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -48,7 +48,9 @@ from avdata.manifest import read_manifest, resolve  # noqa: E402
 from avhubert.language_model import load_language_model  # noqa: E402
 from avhubert.model import AVHubertModel  # noqa: E402
 from avhubert.model_asr import AVHubertCtc, CheckpointKindError  # noqa: E402
+from avhubert.run_records import run_facts  # noqa: E402
 from avhubert.scoring import ErrorCounts  # noqa: E402
+from avdata.text_norm import TextNorm, read_text_norm  # noqa: E402
 
 logger = logging.getLogger("avhubert.infer_s2s")
 
@@ -251,14 +253,17 @@ def decode(cfg: Any) -> Dict[str, Any]:
                 hyp = task.decode_tokens(hyps[i][0]["tokens"])
                 ref = None
                 if "target" in sample:
-                    t = sample["target"][i]
-                    ref = task.decode_tokens(t[t != task.target_dictionary.pad()])
+                    ref = task.target_text(sample["target"][i])
                 rows.append({"id": uid, "hyp": hyp, "ref": ref})
                 logger.info("%s\nREF: %s\nHYP: %s", uid, ref, hyp)
         elapsed = time.perf_counter() - start
         logger.info("decoded %d utterances in %.1f s (%.2f utt/s) on %s", len(rows), elapsed, len(rows) / max(elapsed, 1e-9), device)
         fid = generation_fid(cfg)
+        norm = read_text_norm(task.cfg.label_dir or task.cfg.data)
+        if norm is not None:
+            logger.info("scoring with the labels' text normalisation: case %s, punctuation %s", norm.case, norm.punctuation)
         run = {"modalities": {"decoded": decoding, "fine_tuned": trained, "not_fine_tuned_with": unseen},
+               "text_norm": asdict(norm) if norm is not None else None, **run_facts(device),
                "skipped": skipped, "num_in_manifest": len(dataset) + len(skipped), "decode_time_s": elapsed,
                "wall_time_s": time.perf_counter() - wall_start, "device": str(device),
                "lm": {"path": cfg.generation.lm_path, "weight": cfg.generation.lm_weight} if lm is not None else None}
@@ -290,9 +295,11 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
             run["decode_time_s"] = max(times)
     counts = ErrorCounts()
     have_refs = bool(rows) and all(r["ref"] is not None for r in rows)
+    norm = TextNorm.from_dict(run["text_norm"]) if run.get("text_norm") else None
     if have_refs:
-        for r in rows:
-            counts.add(r["ref"], r["hyp"])
+        for r in rows:  # with the labels' text_norm.json, both sides are normalised alike
+            ref, hyp = (norm(r["ref"]), norm(r["hyp"])) if norm else (r["ref"], r["hyp"])
+            counts.add(ref, hyp)
     write_text(results / "decode.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     hypo = {"utt_id": [r["id"] for r in rows], "ref": [r["ref"] for r in rows], "hypo": [r["hyp"] for r in rows]}
     write_text(results / f"hypo-{fid}.json", json.dumps(hypo, indent=4, ensure_ascii=False))
@@ -328,6 +335,8 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
         "lm": run.get("lm"), "fid": fid, "world_size": world, "device": run.get("device"),
         "decode_time_s": decode_time, "wall_time_s": run.get("wall_time_s"),
         "utt_per_s": (len(rows) / decode_time) if decode_time else None,
+        "text_norm": run.get("text_norm"), "peak_rss_mb": run.get("peak_rss_mb"),
+        "peak_gpu_mem_mb": run.get("peak_gpu_mem_mb"), "git_commit": run.get("git_commit"),
     }
     write_text(results / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return {"fid": fid, "num_utts": len(rows), "wer": wer, "cer": cer, "results_path": str(results),

@@ -83,6 +83,21 @@ def test_wer_file_and_metrics_say_how_many_utterances_the_wer_covers(tmp_path):
     assert m["utt_per_s"] == pytest.approx(2.0) and m["wall_time_s"] == 5.0 and m["word_errors"] == 4
 
 
+def test_wer_uses_the_labels_text_normalisation(tmp_path):
+    """With the labels' text_norm.json (preparation.import_manifest), references and hypotheses are
+    normalised alike before scoring; the rows keep the raw texts."""
+    rows = [{"id": "a", "hyp": "hello world", "ref": "Hello, world!"}, {"id": "b", "hyp": "dont go", "ref": "Don't go."}]
+    run = {"modalities": {}, "skipped": [], "decode_time_s": 1.0, "text_norm": {"case": "lower", "punctuation": "drop"},
+           "peak_rss_mb": 321.0, "git_commit": "abc"}
+    assert write_outputs(tmp_path / "n", 1, rows, _cfg(tmp_path / "n"), 1, 0, run)["wer"] == 0.0
+    m = json.loads((tmp_path / "n" / "metrics.json").read_text())
+    assert m["text_norm"] == {"case": "lower", "punctuation": "drop"} and m["peak_rss_mb"] == 321.0
+    assert m["git_commit"] == "abc"
+    assert json.loads((tmp_path / "n" / "hypo-1.json").read_text())["ref"][0] == "Hello, world!"
+    raw = write_outputs(tmp_path / "r", 1, rows, _cfg(tmp_path / "r"), 1, 0, {**run, "text_norm": None})
+    assert raw["wer"] == pytest.approx(100.0)
+
+
 def test_sharded_metrics_are_written_once_by_the_merging_process(tmp_path):
     run = {"modalities": {"decoded": ["video"], "fine_tuned": ["video"], "not_fine_tuned_with": []},
            "skipped": [], "decode_time_s": 1.0, "wall_time_s": 2.0}
