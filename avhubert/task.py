@@ -351,12 +351,22 @@ class AVHubertPretrainingTask(FairseqTask):
         if self.cfg.eval_wer and self.cfg.fine_tuning and "target" in sample:
             counts = ErrorCounts()
             refs, hyps = self._decode_batch(sample, model)
+            norm = self._text_norm()
             for r, h in zip(refs, hyps):
-                counts.add(r, h)
+                counts.add(*((norm(r), norm(h)) if norm is not None else (r, h)))
             log.update({"_wer_errors": counts.word_errors, "_wer_words": counts.ref_words,
                         "_cer_errors": counts.char_errors, "_cer_chars": counts.ref_chars})
             self._log_samples(model, sample, refs, hyps)
         return loss, sample_size, log
+
+    def _text_norm(self):
+        """The labels' `text_norm.json` (avdata.text_norm), read once; validation WER scores through it
+        as `infer_s2s.py` does."""
+        if not hasattr(self, "_text_norm_cache"):
+            from avdata.text_norm import read_text_norm
+
+            self._text_norm_cache = read_text_norm(self.cfg.label_dir or self.cfg.data)
+        return self._text_norm_cache
 
     def _decode_batch(self, sample: Any, model: Any) -> tuple:
         if getattr(self, "_eval_generator", None) is None:

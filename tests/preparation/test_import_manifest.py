@@ -151,3 +151,14 @@ def test_scoring_with_the_same_normaliser_compares_like_with_like():
     assert raw.wer == 100.0 and normed.wer == 0.0
     with pytest.raises(ValueError, match="punctuation must be"):
         TextNorm("lower", "sometimes")
+
+
+def test_validation_wer_reads_the_same_normalisation(tmp_path):
+    """The task's validation WER (task.eval_wer) uses the label folder's text_norm.json too."""
+    from avhubert.task import AVHubertPretrainingConfig, AVHubertPretrainingTask
+
+    (tmp_path / "text_norm.json").write_text(TextNorm("upper", "keep:'").to_json())
+    task = AVHubertPretrainingTask(AVHubertPretrainingConfig(data=str(tmp_path), label_dir=str(tmp_path)))
+    assert task._text_norm() == TextNorm("upper", "keep:'") and task._text_norm()("it's ok.") == "IT'S OK"
+    plain = AVHubertPretrainingTask(AVHubertPretrainingConfig(data=str(tmp_path / "none")))
+    assert plain._text_norm() is None
