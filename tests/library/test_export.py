@@ -31,7 +31,7 @@ def _pretrain_cfg() -> dict:
     return {"model": {**model, "_name": "av_hubert"}, "task": {**task, "_name": "av_hubert_pretraining"}}
 
 
-def tiny_model(kind: str) -> Tuple[torch.nn.Module, dict, Any]:
+def tiny_model(kind: str, **model_overrides: Any) -> Tuple[torch.nn.Module, dict, Any]:
     """`(model, cfg, task)`: a tiny `av_hubert`, `av_hubert_ctc` or `av_hubert_seq2seq` with fixed weights,
     built through fairseq's registries as a checkpoint load does (dictionaries: tests/data/fixtures)."""
     from fairseq import tasks
@@ -46,7 +46,7 @@ def tiny_model(kind: str) -> Tuple[torch.nn.Module, dict, Any]:
                      "data": str(DATA / "fixtures"), "feature_grad_mult": 1.0}
         if kind == "av_hubert_seq2seq":
             model_cfg.update(decoder_embed_dim=32, decoder_ffn_embed_dim=64, decoder_layers=1, decoder_attention_heads=4)
-        cfg = {"model": model_cfg, "task": task_cfg}
+        cfg = {"model": {**model_cfg, **model_overrides}, "task": task_cfg}
     task = tasks.setup_task(OmegaConf.create(cfg["task"]), from_checkpoint=True)
     if kind != "av_hubert":  # the pre-training task's cluster dictionaries, as a fine-tuned checkpoint holds them
         task.load_state_dict({"dictionaries": tasks.setup_task(OmegaConf.create(cfg["model"]["w2v_args"]["task"])).dictionaries})
@@ -132,3 +132,108 @@ def test_safetensors_of_released_format_checkpoints(name, tmp_path, monkeypatch)
     torch.testing.assert_close(_features(loaded, AUDIO, VIDEO, None), _features(model, AUDIO, VIDEO, None), rtol=0, atol=0)
     if name.endswith("s2s.pt"):
         assert task2.s2s_tokenizer.encode("hello world") == task.s2s_tokenizer.encode("hello world")
+
+
+# ----------------------------------------------------------------- ONNX / TorchScript
+
+
+def _run_file(fmt: str, path: Path, inputs: dict) -> list:
+    """Run an exported file the way a user would (onnxruntime / torch.jit.load), inputs by name."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [torch.from_numpy(o) for o in session.run(None, {k: v.numpy() for k, v in inputs.items()})]
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        out = module(*inputs.values())
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("kind", ["av_hubert", "av_hubert_ctc"])
+def test_encoder_export_matches_pytorch_at_other_lengths(fmt, kind, tmp_path, capsys):
+    from avhubert.export import main
+
+    model, cfg, task = tiny_model(kind)
+    save_safetensors(model, cfg, tmp_path / "st", task=task)
+    assert main(["--checkpoint", str(tmp_path / "st"), "--format", fmt, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("max abs diff") == 3, printed
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    batch, length, valid = 2, 17, 11  # neither the example's (2, 12) nor the checks' lengths
+    pad = torch.arange(length)[None] >= torch.tensor([length, valid])[:, None]
+    audio = fixed_tensor((batch, 104, length), 0.2).masked_fill(pad[:, None], 0.0)
+    video = fixed_tensor((batch, 1, length, 88, 88), 0.9).masked_fill(pad[:, None, :, None, None], 0.0)
+    for modality, source in (("audio", {"audio": audio}), ("video", {"video": video}),
+                             ("audio_visual", {"audio": audio, "video": video})):
+        for mask in (pad, torch.zeros_like(pad)):  # padded, and an unpadded batch given an all-False mask
+            got = _run_file(fmt, tmp_path / "out" / f"encoder_{modality}{suffix}", {**source, "padding_mask": mask})
+            with torch.no_grad():
+                if kind == "av_hubert":
+                    want = [model.extract_finetune({"audio": None, "video": None, **source}, mask)[0]]
+                else:
+                    x = model.w2v_encoder.w2v_model.extract_finetune({"audio": None, "video": None, **source}, mask)[0]
+                    want = [x, model.w2v_encoder(source={"audio": None, "video": None, **source}, padding_mask=mask,
+                                                 tbc=False)["encoder_out"]]
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                assert (g - w).abs().max() < 1e-4, (modality, (g - w).abs().max())
+
+
+def test_export_without_padding_mask_and_of_one_layer(tmp_path):
+    import onnxruntime
+
+    from avhubert.export import export_checkpoint
+
+    model, cfg, task = tiny_model("av_hubert")
+    save_safetensors(model, cfg, tmp_path / "st", task=task)
+    summary = export_checkpoint(str(tmp_path / "st"), "onnx", tmp_path / "out", ["audio-visual"], padding_mask=False,
+                                layer=1, log=lambda line: None)
+    (entry,) = summary["files"]
+    assert entry["inputs"] == ["audio", "video"] and entry["outputs"] == ["features"] and entry["max_abs_diff"] < 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / entry["file"]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["audio", "video"]
+    (got,) = session.run(None, {"audio": AUDIO.numpy(), "video": VIDEO.numpy()})
+    with torch.no_grad():
+        want = model.extract_features({"audio": AUDIO, "video": VIDEO}, output_layer=1)[0]
+    assert abs(got - want.numpy()).max() < 1e-4
+
+
+def test_seq2seq_ctc_head_logits_are_exported(tmp_path):
+    from avhubert.export import export_checkpoint
+
+    model, cfg, task = tiny_model("av_hubert_seq2seq", ctc_weight=0.3)
+    assert model.ctc_proj is not None
+    save_safetensors(model, cfg, tmp_path / "st", task=task)
+    summary = export_checkpoint(str(tmp_path / "st"), "torchscript", tmp_path / "out", ["video"], log=lambda line: None)
+    assert summary["files"][0]["outputs"] == ["features", "logits"] and summary["files"][0]["max_abs_diff"] < 1e-4
+
+
+def test_check_rejects_a_wrong_export_and_the_cli_exits_1(tmp_path, monkeypatch, capsys):
+    """A graph traced on an unpadded example has the encoder's padding branch fixed to "none": the check
+    after export must catch it (padded check inputs), keep no file and exit 1."""
+    import avhubert.export as export
+
+    model, cfg, task = tiny_model("av_hubert")
+    save_safetensors(model, cfg, tmp_path / "st", task=task)
+    monkeypatch.setattr(export, "EXAMPLE", (2, 12, 12))
+    rc = export.main(["--checkpoint", str(tmp_path / "st"), "--format", "onnx", "--out", str(tmp_path / "out"),
+                      "--modality", "audio"])
+    printed = capsys.readouterr().out
+    assert rc == 1 and "encoder_audio.onnx: outputs differ from the PyTorch model's by up to" in printed, printed
+    assert not (tmp_path / "out" / "encoder_audio.onnx").exists()
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_released_format_checkpoint_exports(tmp_path, capsys):
+    from avhubert.export import main
+
+    ckpt = str(shared_fixture("avhubert_tiny_s2s.pt"))
+    assert main(["--checkpoint", ckpt, "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "encoder_video.onnx").is_file()  # the task's modality (fine-tuned on video)
+    assert main(["--checkpoint", ckpt, "--format", "safetensors", "--out", str(tmp_path / "st")]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs diff" in printed and "loaded back without pickle" in printed
+    assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--format", "onnx"]) == 2
