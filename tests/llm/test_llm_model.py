@@ -1,0 +1,208 @@
+"""`av_hubert_llm` without fairseq training: the tiny LM builder, the projector path, LoRA, decoding
+(greedy == beam 1, KV cache == recomputation, batching == one by one), the loss, and the errors."""
+
+import json
+import math
+import shutil
+from argparse import Namespace
+
+import pytest
+import torch
+
+from avhubert.beam_search import BeamSearchConfig
+from avhubert.criterion_llm import LlmCriterion
+from avhubert.llm_generation import LlmGenerator
+from avhubert.model_llm import LlmPathError, load_causal_lm
+from avhubert.modules.llm_bridge import dedup_frames, stack_frames
+from demo.synthetic_data import WORDS
+from tests.llm.helpers import audio_sample, make_tiny_lm, tiny_llm_model
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "tiny_llama"
+    stats = make_tiny_lm(out)
+    return out, stats
+
+
+def test_tiny_lm_is_a_trained_causal_lm_folder(lm_dir):
+    path, stats = lm_dir
+    # random sequences of 12 words: a model that learned the words is below ln 12 nats per token
+    # (it starts near ln 300, uniform over the vocabulary)
+    assert stats["loss_first"] > 5 and stats["loss_last"] < math.log(len(WORDS)), stats
+    model, tok = load_causal_lm(str(path))
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
+    ids = tok("five two zero", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "five two zero"
+    # the LM prefers a sentence of corpus words over the same words shuffled into nonsense order at the character level
+    def nll(text):
+        x = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.eos_token_id]])
+        with torch.no_grad():
+            return float(model(input_ids=x, labels=x).loss)
+    assert nll("five two zero six") < nll("vfie otw ezor xsi")
+
+
+def test_qwen2_architecture_builds_and_loads(tmp_path):
+    stats = make_tiny_lm(tmp_path / "qwen", arch="qwen2", steps=5)
+    model, _ = load_causal_lm(str(tmp_path / "qwen"))
+    assert type(model).__name__ == "Qwen2ForCausalLM" and stats["params"] > 0
+
+
+def _lora_params(model, r):
+    cfg = model.lm.config
+    head = cfg.hidden_size // cfg.num_attention_heads
+    q = o = cfg.hidden_size + cfg.num_attention_heads * head
+    kv = cfg.hidden_size + cfg.num_key_value_heads * head
+    return r * (q + o + 2 * kv) * cfg.num_hidden_layers
+
+
+def test_lora_trainable_parameters(lm_dir):
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4)
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    projector = sum(p.numel() for p in model.projector.parameters())
+    assert sum(trainable.values()) == _lora_params(model, 4) + projector
+    assert all(n.startswith("projector.") or ".lora_" in n for n in trainable), sorted(trainable)
+    assert not any(p.requires_grad for p in model.encoder.parameters())  # freeze_encoder=true (default)
+    full = tiny_llm_model(lm_dir[0], llm_lora_r=0, llm_freeze=False, freeze_encoder=False)
+    assert all(p.requires_grad for p in full.parameters())
+    frozen = tiny_llm_model(lm_dir[0], llm_lora_r=0)
+    assert sum(p.numel() for p in frozen.parameters() if p.requires_grad) == projector
+
+
+def test_training_lowers_the_loss_and_decoding_matches_the_training_forward(lm_dir):
+    """A few steps on one batch lower the loss (gradients flow through the frozen LM into LoRA and the
+    projector); greedy decoding (KV cache, left-padded prefix) then agrees token by token with the
+    training forward pass (one call, prefix + transcript) fed its own hypotheses."""
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4)
+    texts = ["five two zero six", "one three", "seven four four go"]
+    ids = [model.codec(t) for t in texts]
+    target = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=model.codec.pad)
+    sample = audio_sample(target=(target, torch.tensor([len(i) for i in ids])))
+    crit = LlmCriterion(Namespace(), sentence_avg=True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(15):
+        loss, size, log = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert log["ntokens"] == sum(len(i) for i in ids) and size == 3
+    assert losses[-1] < losses[0] / 2, losses
+    model.eval()
+    hyps = LlmGenerator(BeamSearchConfig(beam=1, max_len_a=0.0, max_len_b=12)).generate([model], sample)
+    hyp_ids = [h[0]["tokens"] for h in hyps]
+    assert any(len(h) > 1 for h in hyp_ids)
+    tgt = torch.nn.utils.rnn.pad_sequence(hyp_ids, batch_first=True, padding_value=model.codec.pad)
+    src = sample["net_input"]
+    with torch.no_grad():
+        out = model(source=src["source"], padding_mask=src["padding_mask"], target=tgt,
+                    target_lengths=torch.tensor([len(h) for h in hyp_ids]))
+    for i, h in enumerate(hyp_ids):
+        n = len(h) if h[-1] == model.codec.eos else len(h) - 1  # a forced eos at max length is no argmax
+        assert out["logits"][i, :n].argmax(-1).tolist() == h[:n].tolist()
+        logp = torch.log_softmax(out["logits"][i, : len(h)], -1).gather(1, h[:, None])[:, 0]
+        assert torch.allclose(logp[:n], hyps[i][0]["positional_scores"][:n], atol=1e-4)
+
+
+def _gen(model, sample, beam, cache=True, **kw):
+    cfg = BeamSearchConfig(beam=beam, max_len_a=kw.pop("a", 0.0), max_len_b=kw.pop("b", 6), **kw)
+    return LlmGenerator(cfg, use_cache=cache).generate([model], sample)
+
+
+def _same(h1, h2):
+    assert len(h1) == len(h2)
+    for a, b in zip(h1, h2):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x["tokens"].tolist() == y["tokens"].tolist()
+            assert x["score"] == pytest.approx(y["score"], abs=1e-4)
+
+
+def test_greedy_equals_beam_one_and_cache_equals_recompute(lm_dir):
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4, frame_stack=2)
+    sample = audio_sample()
+    greedy = _gen(model, sample, 1)
+    gen = LlmGenerator(BeamSearchConfig(beam=1, max_len_a=0.0, max_len_b=6))
+    with torch.no_grad():
+        beam1 = gen.beam_search(model, sample)
+    _same(greedy, beam1)
+    assert all(len(h[0]["tokens"]) >= 1 for h in greedy)
+    _same(greedy, _gen(model, sample, 1, cache=False))
+    beam3 = _gen(model, sample, 3)
+    assert all(len(h) == 3 and h[0]["score"] >= h[1]["score"] >= h[2]["score"] for h in beam3)
+    _same(beam3, _gen(model, sample, 3, cache=False))
+    assert all(h[0]["score"] >= g[0]["score"] - 1e-5 for h, g in zip(beam3, greedy))  # beam never scores worse here
+
+
+def test_batched_decoding_equals_one_by_one_and_max_len_follows_input(lm_dir):
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4)
+    lengths = (20, 13, 17)
+    sample = audio_sample(lengths)
+    both = _gen(model, sample, 2, b=3, a=0.25)
+    for i, n in enumerate(lengths):
+        src = sample["net_input"]
+        one = {"net_input": {"source": {"audio": src["source"]["audio"][i : i + 1, :, :n], "video": None},
+                             "padding_mask": src["padding_mask"][i : i + 1, :n]}}
+        _same([both[i]], _gen(model, one, 2, b=3, a=0.25))
+        assert all(len(h["tokens"]) <= int(0.25 * n + 3) for h in both[i])
+
+
+def test_frame_reduction():
+    x = torch.tensor([[[1.0, 0], [2, 0], [0, 1], [0, 3], [1, 1]], [[1, 0], [0, 1], [0, 0], [0, 0], [0, 0]]])
+    pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    y, ypad = dedup_frames(x, pad, threshold=0.99)
+    assert ypad.tolist() == [[False, False, False], [False, False, True]]
+    assert torch.allclose(y[0], torch.tensor([[1.5, 0], [0, 2], [1, 1]])) and torch.allclose(y[1, :2], x[1, :2])
+    s, spad = stack_frames(x, pad, 2)
+    assert s.shape == (2, 3, 4) and spad.tolist() == [[False, False, False], [False, True, True]]
+    assert s[0, 2].tolist() == [1, 1, 0, 0]
+
+
+def test_merged_lora_gives_the_same_logits(lm_dir):
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)  # adapters that change the output
+    ids = torch.tensor([[5, 9, 12, 30]])
+    with torch.no_grad():
+        before = model.lm(input_ids=ids).logits
+        model.merge_lora()
+        after = model.lm(input_ids=ids).logits
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_bad_llm_path_and_prompt_errors(lm_dir, tmp_path):
+    from transformers import ViTConfig
+
+    with pytest.raises(LlmPathError, match="is not a folder"):
+        load_causal_lm(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LlmPathError, match="no config.json"):
+        load_causal_lm(str(tmp_path / "empty"))
+    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "vit")
+    with pytest.raises(LlmPathError, match="'vit' model .*not a causal language model"):
+        load_causal_lm(str(tmp_path / "vit"))
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(lm_dir[0] / name, no_weights / name)
+    with pytest.raises(LlmPathError, match="the model weights cannot be loaded"):
+        load_causal_lm(str(no_weights))
+    with pytest.raises(LlmPathError, match=r"special token\(s\) \['<\|im_end\|>', '<\|im_start\|>'\] that the tokenizer"):
+        tiny_llm_model(lm_dir[0], llm_prompt="<|im_start|>user {speech}<|im_end|>")
+    with pytest.raises(ValueError, match="must contain \\{speech\\} exactly once"):
+        tiny_llm_model(lm_dir[0], llm_prompt="Transcribe:")
+    with pytest.raises(ValueError, match="'qkv' matches no module of the LM; module names include"):
+        tiny_llm_model(lm_dir[0], llm_lora_targets=["qkv"])
+    # a tokenizer without eos: the transcript could never end
+    no_eos = tmp_path / "no_eos"
+    shutil.copytree(lm_dir[0], no_eos)
+    cfg_file = no_eos / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_file.read_text())
+    tok_cfg["eos_token"] = None
+    cfg_file.write_text(json.dumps(tok_cfg))
+    with pytest.raises(LlmPathError, match="has no eos token"):
+        tiny_llm_model(no_eos)
