@@ -31,7 +31,7 @@ from torch import nn
 from .model import AVHubertModel
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "TOKENIZER_NAME", "save_safetensors",
-           "load_safetensors", "load_safetensors_with_task", "find_av_hubert", "dictionary_to_json",
+           "load_safetensors", "load_safetensors_with_task", "read_config", "find_av_hubert", "dictionary_to_json",
            "dictionary_from_json"]
 
 FORMAT = "avhubert-safetensors"
@@ -148,11 +148,18 @@ def save_safetensors(model: nn.Module, cfg: Any, out_dir: str | os.PathLike, tas
     weights = out / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
         save_model(model, str(tmp), metadata={"format": FORMAT, "model": model_cfg["_name"]})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates it private (0600); give it the usual mode
     if proto is not None:
         with atomic_path(out / TOKENIZER_NAME) as tmp:
             tmp.write_bytes(proto)
     write_text(out / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
     return weights
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _folder(path: str | os.PathLike) -> Path:

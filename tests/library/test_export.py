@@ -37,7 +37,9 @@ def tiny_model(kind: str, **model_overrides: Any) -> Tuple[torch.nn.Module, dict
     from fairseq import tasks
 
     cfg = _pretrain_cfg()
-    if kind != "av_hubert":
+    if kind == "av_hubert":
+        cfg["model"].update(model_overrides)
+    else:
         w2v_args = cfg
         task_cfg = dict(cfg["task"], labels=["wrd"], label_rate=-1, single_target=True, fine_tuning=True,
                         is_s2s=kind == "av_hubert_seq2seq", tokenizer_bpe_name="sentencepiece",
@@ -199,6 +201,17 @@ def test_export_without_padding_mask_and_of_one_layer(tmp_path):
     with torch.no_grad():
         want = model.extract_features({"audio": AUDIO, "video": VIDEO}, output_layer=1)[0]
     assert abs(got - want.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_of_additive_fusion_and_sub_encoders(fmt, tmp_path):
+    from avhubert.export import export_checkpoint
+
+    model, cfg, task = tiny_model("av_hubert", modality_fuse="add", sub_encoder_layers=1)
+    assert model.post_extract_proj is None and model.feature_extractor_audio.encoder is not None
+    save_safetensors(model, cfg, tmp_path / "st", task=task)
+    summary = export_checkpoint(str(tmp_path / "st"), fmt, tmp_path / "out", ["audio-visual"], log=lambda line: None)
+    assert summary["files"][0]["max_abs_diff"] < 1e-4
 
 
 def test_seq2seq_ctc_head_logits_are_exported(tmp_path):
