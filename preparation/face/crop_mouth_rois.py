@@ -6,7 +6,7 @@ Writes `{out_dir}/{id}.mp4`: H.264 (crf 20), 25 fps, `crop_height x crop_width`,
        `{out_dir}/failures.crop_mouth_rois.{rank}_{nshard}.tsv` on failures and
        `{out_dir}/.crop_mouth_rois.{rank}_{nshard}.done` when a shard finished cleanly.
 
-Alignment (see `preparation.face.mouth_roi`): interpolate missing landmarks, average them over a
+Alignment (see `avdata.face.mouth_roi`): interpolate missing landmarks, average them over a
 12-frame window, similarity-align the stable points (nose tip, eye corners) to a mean face in
 a 256x256 canvas, crop around the mouth (landmarks 48-67). A clip without any landmark fails
 (`--no-face fail`, default) or, like the reference, is resized whole (`--no-face resize`).
@@ -37,7 +37,7 @@ from avdata.ffmpeg import find_ffmpeg
 
 from preparation import common
 from preparation.cli import file_list_items, run_sharded_step
-from preparation.face.mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
+from avdata.face.mouth_roi import CropOptions, crop_geometry, load_mean_face, resize_frames, warp_crops
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def crop_frames(
 
 def crop_one(video_path: str | Path, landmarks_path: str | Path, out_path: str | Path, cfg: CropConfig) -> int:
     """Crop one clip to `out_path` (mp4, 25 fps). Returns the number of frames written."""
-    from preparation.face.landmarks import load_landmarks
+    from avdata.face.landmarks import load_landmarks
     from avdata.video import write_video
 
     from preparation.media import read_video

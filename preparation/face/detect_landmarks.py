@@ -8,7 +8,7 @@ Writes `{landmark_dir}/{id}.npy`: float32 `[T, 68, 2]` (x, y) pixels, NaN where 
 
 dlib HOG detector (1 upsample) with the CNN (mmod) detector as fallback, as the reference
 `detect_landmark.py`; the face box is tracked between detections (see
-`preparation.face.landmarks`), `--redetect-every 1` detects on every frame like the reference.
+`avdata.face.landmarks`), `--redetect-every 1` detects on every frame like the reference.
 
 Example (shard 0 of 4, 2 local processes):
 
@@ -33,7 +33,7 @@ import numpy as np
 from avdata import procs
 from preparation import common
 from preparation.cli import file_list_items, run_sharded_step
-from preparation.face.landmarks import (
+from avdata.face.landmarks import (
     FaceLandmarker,
     LandmarkOptions,
     LandmarkStats,
