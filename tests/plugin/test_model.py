@@ -149,12 +149,37 @@ def test_finetune_modality_dropout_option():
     assert sample_modality_drop(module, None, src) == "none"
 
 
-def test_cpu_stem_convolution_equals_conv3d():
+def _front_end_as_modules(enc, x):
+    """The reference composition: Conv3d stem, BatchNorm3d, PReLU, MaxPool3d on `[B, C, T, H, W]`,
+    then the trunk on NCHW frames."""
+    y = enc.frontend3D(x)
+    y = y.transpose(1, 2).flatten(0, 1)
+    return enc.trunk(y).view(x.shape[0], x.shape[2], -1).transpose(1, 2)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_front_end_equals_conv3d_composition_in_training(memory_format):
+    """The per-frame channels-last front-end (2-D stem, BatchNorm3d on a free view, 2-D max-pool)
+    gives the original module composition's output (fp32), and in float64, where rounding cannot
+    hide a difference, the same gradients and BatchNorm running statistics."""
     from avhubert.modules.resnet import ResEncoder
 
-    enc = ResEncoder(width=4)
-    x = torch.randn(2, 1, 9, 88, 88)
-    torch.testing.assert_close(enc.stem_conv(x), enc.frontend3D[0](x), atol=1e-4, rtol=1e-4)
+    torch.manual_seed(0)
+    enc = ResEncoder(width=4).train()
+    enc.memory_format = memory_format
+    init, ref = copy.deepcopy(enc), copy.deepcopy(enc)
+    x = torch.randn(2, 1, 9, 40, 40)
+    torch.testing.assert_close(enc(x), _front_end_as_modules(ref, x), atol=1e-4, rtol=1e-4)
+    enc, ref, x = copy.deepcopy(init).double(), copy.deepcopy(init).double(), x.double()
+    out, want = enc(x), _front_end_as_modules(ref, x)
+    torch.testing.assert_close(out, want, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want.backward(g)
+    for (name, p), q in zip(enc.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-9, msg=name)
+    for (name, b), c in zip(enc.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, atol=1e-10, rtol=1e-10, msg=name)
 
 
 def test_modality_drop_has_one_spelling_per_meaning():
