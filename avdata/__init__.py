@@ -10,4 +10,5 @@ No fairseq here, and torch only where a function hands a tensor to the model
 - `markers`: the one set of `.done` markers of sharded steps;
 - `sharding`: the shard formula and Slurm array submission;
 - `procs`: logging setup and worker processes that die with their parent.
+- `memory`: the allocator setting of data-loader worker processes.
 """

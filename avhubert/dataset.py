@@ -14,7 +14,7 @@ number of loader workers. fairseq calls `set_epoch` before it creates each epoch
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from fairseq.data import FairseqDataset, data_utils
 from avdata.audio import audio_features, read_wav
 from avdata.labels import LabelIndex
 from avdata.manifest import read_manifest, resolve
+from avdata.memory import keep_freed_memory
 from avdata.noise import mix_noise, parse_snr
 from avdata.video import load_video, transform_video
 
@@ -33,6 +34,7 @@ __all__ = ["AVHubertDataset"]
 ALIGN_TOLERANCE_SEC = 0.1
 # salts separating the per-utterance random streams (one generator per decision)
 _SALT_VIDEO_AUG, _SALT_NOISE, _SALT_CROP = 1, 2, 3
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 class AVHubertDataset(FairseqDataset):
@@ -191,6 +193,8 @@ class AVHubertDataset(FairseqDataset):
         return labels
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        if torch.utils.data.get_worker_info() is not None:  # a DataLoader worker: see avdata.memory
+            keep_freed_memory()
         audio, video = self.load_feature(index)
         return {"id": index, "fid": self.rows[index].id, "video_source": video, "audio_source": audio, "label_list": self.get_labels(index)}
 
@@ -199,11 +203,12 @@ class AVHubertDataset(FairseqDataset):
 
     # ------------------------------------------------------------------ batching
     def crop_to_max_size(
-        self, x: torch.Tensor, target: int, start: Optional[int] = None, index: Optional[int] = None
-    ) -> Tuple[torch.Tensor, int]:
-        """Crop `x [T, ...]` to `target` steps from `start`, or from an offset drawn for item `index`
-        (seeded by (seed, epoch, index); 0 unless `random_crop`). Returns the crop and its start."""
-        diff = len(x) - target
+        self, x: ArrayOrTensor, target: int, start: Optional[int] = None, index: Optional[int] = None
+    ) -> Tuple[ArrayOrTensor, int]:
+        """Crop `x [T, ...]` (array or tensor) to `target` steps from `start`, or from an offset drawn
+        for item `index` (seeded by (seed, epoch, index); 0 unless `random_crop`). Returns the crop
+        and its start."""
+        diff = x.shape[0] - target
         if diff <= 0:
             return x, 0
         if start is None:
@@ -220,7 +225,7 @@ class AVHubertDataset(FairseqDataset):
         if not samples:
             return {}
         streams = [s["audio_source"] if s["audio_source"] is not None else s["video_source"] for s in samples]
-        sizes = [len(x) for x in streams]
+        sizes = [x.shape[0] for x in streams]
         ids = [int(s["id"]) for s in samples]
         size = min(max(sizes), self.max_sample_size) if self.pad_audio else min(min(sizes), self.max_sample_size)
         audio = video = None
@@ -261,14 +266,17 @@ class AVHubertDataset(FairseqDataset):
         Assembled in NumPy: small torch ops in the loader wake torch's OpenMP pool and stall
         against the training threads on a 2-core machine.
         """
-        out = np.zeros((len(xs), size) + tuple(xs[0].shape[1:]), dtype=xs[0].numpy().dtype)
+        arrays = [x.numpy() for x in xs]
+        out = np.empty((len(xs), size) + arrays[0].shape[1:], dtype=arrays[0].dtype)  # filled below, once
         padding_mask = np.zeros((len(xs), size), dtype=bool)
         new_starts = []
-        for i, x in enumerate(xs):
+        for i, x in enumerate(arrays):
             x, start = self.crop_to_max_size(x, size, None if starts is None else starts[i], None if ids is None else ids[i])
             new_starts.append(start)
-            out[i, : len(x)] = x.numpy()
-            padding_mask[i, len(x) :] = True
+            n = x.shape[0]
+            out[i, :n] = x
+            out[i, n:] = 0
+            padding_mask[i, n:] = True
         return torch.from_numpy(out), torch.from_numpy(padding_mask), new_starts
 
     def collate_labels(self, targets_by_label, size: int, starts: Optional[List[int]]):

@@ -58,3 +58,33 @@ def test_read_wav_rejects_wrong_rate_and_stereo(tmp_path):
         read_wav(str(tmp_path / "stereo.wav"))
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         read_wav(str(tmp_path / "missing.wav"))
+
+
+@pytest.mark.parametrize("rate", [16000, 8000, 22050])
+def test_log_filterbank_equals_python_speech_features_exactly(rate):
+    """Vectorised filterbank: the package's numbers (float64 inside) for short, edge and long inputs."""
+    from avdata.audio import log_filterbank
+
+    wav = _speechlike(3 * rate // 2, seed=rate)
+    wav[100:300] = 0  # silent stretch
+    frame = int(round(0.025 * rate))
+    for n in (1, frame - 1, frame, frame + 1, frame + 161, len(wav)):
+        ours = log_filterbank(wav[:n], rate)
+        theirs = logfbank(wav[:n], samplerate=rate).astype(np.float32)
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape, n
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"{n} samples at {rate} Hz")
+    silence = np.zeros(4000, np.int16)  # log(eps) guard
+    np.testing.assert_array_equal(log_filterbank(silence, rate), logfbank(silence, samplerate=rate).astype(np.float32))
+
+
+def test_read_wav_float_files_convert_like_soundfile_and_reject_nan(tmp_path):
+    wav = _speechlike(4000).astype(np.float64) / 32768
+    sf.write(tmp_path / "f.wav", wav, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(read_wav(str(tmp_path / "f.wav")), sf.read(tmp_path / "f.wav", dtype="int16")[0])
+    wav[7] = np.nan
+    sf.write(tmp_path / "nan.wav", wav, 16000, subtype="FLOAT")
+    with pytest.raises(AudioFormatError, match=r"nan\.wav: 1 NaN/inf samples"):
+        read_wav(str(tmp_path / "nan.wav"))
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wav" * 10)
+    with pytest.raises(FileNotFoundError, match="junk.wav"):
+        read_wav(str(tmp_path / "junk.wav"))
