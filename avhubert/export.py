@@ -242,7 +242,7 @@ def load_for_export(checkpoint: str) -> Tuple[nn.Module, Dict[str, Any], Any]:
         raise FileNotFoundError(f"{path}: no such checkpoint")
     with exit_on_checkpoint_error():
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], strict=True)
-    return models[0].eval(), OmegaConf.to_container(cfg, resolve=False), task
+    return models[0].eval(), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), task
 
 
 def default_modalities(task_cfg: Any) -> List[str]:

@@ -84,9 +84,13 @@ def _cluster_dictionaries(n_classes: List[int]) -> List[Dictionary]:
 
 
 def _plain(cfg: Any) -> Dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return json.loads(json.dumps(cfg, default=str))  # a deep copy that fails early on non-JSON values
+    """`cfg` as JSON-ready data with `${...}` interpolations resolved against its root (as fairseq's
+    checkpoints store it)."""
+    try:
+        node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    except Exception as e:  # noqa: BLE001 - omegaconf raises several types for one problem
+        raise ValueError(f"save_safetensors: the config cannot be resolved to plain values: {e}") from None
 
 
 def _task_state(task: Any, model: nn.Module) -> Tuple[Dict[str, Any], Optional[bytes]]:

@@ -108,8 +108,11 @@ def test_safetensors_round_trip_without_pickle(kind, tmp_path, monkeypatch):
 
 def test_safetensors_of_a_bare_pretraining_model_and_bad_folders(tmp_path):
     model, cfg, _ = tiny_model("av_hubert")
+    cfg = OmegaConf.create(cfg)  # a training run's config: interpolations are stored resolved
+    cfg.model.label_rate = "${task.label_rate}"
     save_safetensors(model, cfg, tmp_path / "bare")  # no task: cluster dictionaries 0..K-1 of the model's sizes
-    loaded, _ = load_safetensors(tmp_path / "bare")
+    loaded, config = load_safetensors(tmp_path / "bare")
+    assert config["model"]["label_rate"] == 25
     _assert_same_state(model, loaded)
     ctc, ctc_cfg, _ = tiny_model("av_hubert_ctc")
     with pytest.raises(ValueError, match="needs task="):
