@@ -31,7 +31,7 @@ USER_SUPPLIED = {
     "common.user_dir": "/user_dir", "task.data": "/data", "task.label_dir": "/labels",
     "task.tokenizer_bpe_model": "/spm.model", "task.noise_wav": "/noise", "model.w2v_path": "/pt.pt",
     "model.label_rate": "25", "common_eval.path": "/ckpt.pt", "common_eval.results_path": "/out",
-    "override.modalities": "[video]",
+    "override.modalities": "[video]", "model.llm_path": "/llm",
 }
 
 
@@ -55,7 +55,7 @@ def compose_file(rel: str, overrides: List[str]) -> DictConfig:
 
 def test_every_yaml_is_collected():
     assert len(YAMLS) >= 34 and "s2s_decode.yaml" in YAMLS and "demo/finetune.yaml" in YAMLS
-    assert {Path(y).parts[0] for y in YAMLS} == {"pretrain", "finetune", "av-finetune", "demo", "classify", "s2s_decode.yaml"}
+    assert {Path(y).parts[0] for y in YAMLS} == {"pretrain", "finetune", "av-finetune", "demo", "classify", "llm", "s2s_decode.yaml"}
 
 
 @pytest.mark.parametrize("rel", YAMLS)
@@ -82,7 +82,7 @@ def test_yaml_composes_like_its_entry_point(rel):
     assert not missing_keys(resolved)
     assert set(FairseqConfig.__dataclass_fields__) <= set(resolved)
     assert resolved.task._name == "av_hubert_pretraining"
-    assert resolved.model._name in ("av_hubert", "av_hubert_seq2seq", "av_hubert_ctc", "av_hubert_classifier")
+    assert resolved.model._name in ("av_hubert", "av_hubert_seq2seq", "av_hubert_ctc", "av_hubert_classifier", "av_hubert_llm")
     if resolved.model._name == "av_hubert":
         assert resolved.task.label_rate == resolved.model.label_rate  # the interpolation resolved
     else:
