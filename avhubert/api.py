@@ -179,11 +179,9 @@ class AVHubert:
     @property
     def w2v_model(self) -> torch.nn.Module:
         """The AV-HuBERT encoder (`AVHubertModel`) inside any checkpoint kind."""
-        if self.kind == "seq2seq":
-            return self.model.encoder.w2v_model
-        if self.kind == "ctc":
-            return self.model.w2v_encoder.w2v_model
-        return self.model
+        from .safetensors_io import find_av_hubert
+
+        return find_av_hubert(self.model)
 
     @property
     def task_cfg(self) -> Dict[str, Any]:

@@ -118,6 +118,7 @@ def build_tiny(out_dir: Path, kind: str = "seq2seq", modalities: Sequence[str] =
 
 def save_checkpoint(path: Path, model, task, cfg: dict) -> Path:
     """fairseq's checkpoint layout (what `checkpoint_utils.load_model_ensemble_and_task` reads)."""
+    cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # as fairseq's trainer saves it
     state = {"cfg": cfg, "model": model.state_dict(), "task_state": task.state_dict(),
              "optimizer_history": [{"criterion_name": "x", "optimizer_name": "adam", "lr_scheduler_state": {},
                                     "num_updates": 0}], "extra_state": {}}
