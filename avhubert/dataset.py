@@ -13,6 +13,7 @@ number of loader workers. fairseq calls `set_epoch` before it creates each epoch
 """
 
 import logging
+import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -35,6 +36,16 @@ ALIGN_TOLERANCE_SEC = 0.1
 # salts separating the per-utterance random streams (one generator per decision)
 _SALT_VIDEO_AUG, _SALT_NOISE, _SALT_CROP = 1, 2, 3
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
+
+
+def _batch_tensor(like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Uninitialised CPU tensor of `shape` and `like`'s dtype. In a DataLoader worker it lives in
+    shared memory (as torch's `default_collate` does), so handing the batch to the trainer process
+    moves a handle instead of copying the megabytes of video into shared memory afterwards."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=like.dtype)
+    storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
+    return like.new(storage).resize_(shape)
 
 
 class AVHubertDataset(FairseqDataset):
@@ -267,7 +278,8 @@ class AVHubertDataset(FairseqDataset):
         against the training threads on a 2-core machine.
         """
         arrays = [x.numpy() for x in xs]
-        out = np.empty((len(xs), size) + arrays[0].shape[1:], dtype=arrays[0].dtype)  # filled below, once
+        batch = _batch_tensor(xs[0], (len(xs), size) + arrays[0].shape[1:])
+        out = batch.numpy()  # filled below, once
         padding_mask = np.zeros((len(xs), size), dtype=bool)
         new_starts = []
         for i, x in enumerate(arrays):
@@ -277,7 +289,7 @@ class AVHubertDataset(FairseqDataset):
             out[i, :n] = x
             out[i, n:] = 0
             padding_mask[i, n:] = True
-        return torch.from_numpy(out), torch.from_numpy(padding_mask), new_starts
+        return batch, torch.from_numpy(padding_mask), new_starts
 
     def collate_labels(self, targets_by_label, size: int, starts: Optional[List[int]]):
         targets_list, lengths_list, ntokens_list = [], [], []

@@ -148,18 +148,24 @@ def measure(ds, batch: int, repeats: int) -> Dict[str, float]:
     return out
 
 
-def loader_rate(ds, batch: int, workers: int) -> float:
+def loader_rate(ds, batch: int, workers: int, repeats: int) -> Dict[str, float]:
+    """A DataLoader over `repeats` passes: clips/s by wall clock, and per CPU-second of the
+    workers (their rusage once joined; fork and start-up included) and of this process."""
     import torch
 
-    batches = [list(range(s, min(s + batch, len(ds)))) for s in range(0, len(ds), batch)]
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=ds.collater, num_workers=workers,
-                                         persistent_workers=workers > 0)
-    for _ in loader:  # starts the workers
-        pass
-    t0 = time.perf_counter()
+    batches = [list(range(s, min(s + batch, len(ds)))) for s in range(0, len(ds), batch)] * repeats
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=ds.collater, num_workers=workers)
+    clips = len(ds) * repeats
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w0, m0 = time.perf_counter(), time.process_time()
     for _ in loader:
         pass
-    return len(ds) / (time.perf_counter() - t0)
+    wall, main_cpu = time.perf_counter() - w0, time.process_time() - m0
+    del loader  # workers joined
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    return {"wall": clips / wall, "worker_cpu": clips / child_cpu if child_cpu else float("nan"),
+            "main_cpu": clips / main_cpu}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -190,7 +196,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"           one GPU at {a.gpu_frames_per_s:,.0f} frames/s ({gpu_clips:,.0f} clips/s) needs "
                       f"{math.ceil(gpu_clips / r['cpu'])} loader workers (one core each)")
                 for n in a.workers:
-                    print(f"           DataLoader, {n} workers: {loader_rate(ds, a.batch, n):.1f} clips/s")
+                    lr = loader_rate(ds, a.batch, n, a.repeats)
+                    print(f"           DataLoader, {n} workers: {lr['wall']:.1f} clips/s by wall clock; "
+                          f"{lr['worker_cpu']:.1f} clips per CPU-second of the workers, "
+                          f"{lr['main_cpu']:.0f} per CPU-second of the receiving process")
     print(f"peak RSS {peak_rss_mb():.0f} MiB")
     return 0
 
