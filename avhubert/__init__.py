@@ -27,6 +27,8 @@ knowledge: `extract_features(video=, audio=, layer=)` and `transcribe(...)`; the
 `python -m avhubert.transcribe`.
 """
 
+from avdata.fast_malloc import use_tcmalloc_in_trainer
+
 from . import checkpoint, checkpoint_io, criterion, criterion_ctc_attention, model, model_asr, run_records, task  # noqa: F401  (registration imports)
 from . import criterion_classification, model_classifier  # noqa: F401  (registration imports)
 
@@ -37,6 +39,7 @@ from . import criterion_llm, model_llm  # noqa: F401,E402  (registration imports
 checkpoint.register_safe_globals()
 checkpoint_io.install_fairseq_hooks()
 run_records.install_run_record_hooks()
+use_tcmalloc_in_trainer()  # fairseq-hydra-train / fairseq-train re-execute themselves with tcmalloc (avdata/fast_malloc.py)
 
 __all__ = ["load", "checkpoint", "checkpoint_io", "criterion", "criterion_ctc_attention", "model", "model_asr", "task",
            "criterion_classification", "model_classifier"]
