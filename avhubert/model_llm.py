@@ -228,7 +228,8 @@ class AVHubertLlm(BaseFairseqModel):
 
     def encode(self, source: Dict[str, Optional[Tensor]], padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """-> projected frames `[B, T', H]`, their padding mask `[B, T']`, encoder steps per row `[B]`."""
-        frozen = self.cfg.freeze_encoder
+        # frozen: no graph at all (adapters on the encoder, if any, keep it: they train)
+        frozen = not any(p.requires_grad for p in self.encoder.parameters())
         ctx = torch.no_grad() if frozen else _freeze_context(self)
         with ctx:
             out = self.encoder(source=source, padding_mask=padding_mask)
