@@ -42,10 +42,13 @@ def test_tiny_lm_is_a_trained_causal_lm_folder(lm_dir):
     assert nll("five two zero six") < nll("vfie otw ezor xsi")
 
 
-def test_qwen2_architecture_builds_and_loads(tmp_path):
+def test_qwen2_architecture_builds_loads_and_decodes(tmp_path):
     stats = make_tiny_lm(tmp_path / "qwen", arch="qwen2", steps=5)
-    model, _ = load_causal_lm(str(tmp_path / "qwen"))
-    assert type(model).__name__ == "Qwen2ForCausalLM" and stats["params"] > 0
+    lm, _ = load_causal_lm(str(tmp_path / "qwen"))
+    assert type(lm).__name__ == "Qwen2ForCausalLM" and stats["params"] > 0
+    model = tiny_llm_model(tmp_path / "qwen", llm_lora_r=2, frame_dedup_threshold=0.5)
+    sample = audio_sample()
+    _same(_gen(model, sample, 2), _gen(model, sample, 2, cache=False))
 
 
 def _lora_params(model, r):
