@@ -209,3 +209,23 @@ def test_bad_llm_path_and_prompt_errors(lm_dir, tmp_path):
     cfg_file.write_text(json.dumps(tok_cfg))
     with pytest.raises(LlmPathError, match="has no eos token"):
         tiny_llm_model(no_eos)
+
+
+def test_task_hook_uses_the_lm_tokenizer(lm_dir, tmp_path):
+    """The model hands the task its codec: labels are the LM's ids (+ eos), references decode back exactly,
+    the task builds the LLM generator and refuses shallow fusion for it."""
+    from avhubert.task import AVHubertPretrainingConfig, AVHubertPretrainingTask
+
+    task = AVHubertPretrainingTask(AVHubertPretrainingConfig(data=str(tmp_path), fine_tuning=True, labels=["wrd"],
+                                                             single_target=True))
+    model = tiny_llm_model(lm_dir[0])
+    task.set_text_codec(model.codec)
+    ids = model.codec("seven go stop")
+    assert ids[-1] == model.codec.eos and model.codec.eos not in ids[:-1].tolist()
+    padded = torch.cat([ids, torch.full((3,), model.codec.pad)])
+    assert task.target_text(padded) == "seven go stop" == task.decode_tokens(ids)
+    gen = Namespace(beam=2, max_len_a=0.0, max_len_b=5, min_len=1, lenpen=1.0, unkpen=0.0, temperature=1.0,
+                    no_repeat_ngram_size=0, unnormalized=False)
+    assert isinstance(task.build_generator([model], gen), LlmGenerator)
+    with pytest.raises(ValueError, match="does not apply to av_hubert_llm"):
+        task.build_generator([model], gen, extra_gen_cls_kwargs={"lm_model": object()})
