@@ -12,7 +12,7 @@ import contextlib
 import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 from .checkpoint import exit_on_checkpoint_error
 from .config_fields import DecoderConfigFields
 from .config_fields import config_field as _f
+from .lora import AdapterCheckpointMixin, BaseReference, apply_lora, file_sha256, parameter_report, require_base_file
 from .model import MASKING_DISTRIBUTION_CHOICES, AVHubertModel
 from .modules.decoder import build_decoder_from_cfg
 
@@ -67,6 +68,10 @@ class AVHubertAsrConfig(FairseqDataclass):
     w2v_args: Any = _f(None, "the pre-training config, stored at first build so reloading needs no w2v_path")
     finetune_modality_dropout: float = _f(0.0, "NEW: per-batch probability of zeroing one modality while fine-tuning (reference: 0), for one model that decodes audio-only, video-only and audio-visual")
     finetune_audio_dropout: float = _f(0.5, "NEW: given a drop, probability that audio (vs video) is zeroed")
+    lora_r: int = _f(0, "NEW: LoRA rank on the pre-trained encoder (0 = off, every weight trains); with LoRA its base weights stay frozen and checkpoints hold only adapters + heads + a reference to w2v_path (avhubert/lora.py)")
+    lora_alpha: float = _f(16.0, "NEW: LoRA scale: adapter output x lora_alpha / lora_r")
+    lora_dropout: float = _f(0.0, "NEW: dropout on the LoRA adapters' input")
+    lora_targets: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], metadata={"help": "NEW: encoder modules that get LoRA adapters: names, suffixes after a '.' (fc1), or regexes over whole names (encoder\\.layers\\.1[01]\\..*_proj); Linear and Conv layers"})
 
 
 @dataclass
@@ -103,9 +108,13 @@ def build_pretrained_encoder(cfg: AVHubertAsrConfig, task: Any) -> AVHubertModel
         "encoder_layerdrop": cfg.layerdrop, "feature_grad_mult": cfg.feature_grad_mult,
     }
     state = None
-    if cfg.w2v_args is None:
+    lora = getattr(cfg, "lora_r", 0) > 0
+    if cfg.w2v_args is None or lora:  # with LoRA the frozen base weights always come from w2v_path
+        if lora:
+            require_base_file(cfg.w2v_path, "model.w2v_path")
         with exit_on_checkpoint_error():  # a refused or damaged w2v_path: one line, exit 1
             state = checkpoint_utils.load_checkpoint_to_cpu(cfg.w2v_path)
+    if cfg.w2v_args is None:
         w2v_args = _as_omegaconf(state.get("cfg") or state.get("args"))
         with open_dict(cfg):
             cfg.w2v_args = w2v_args
@@ -140,6 +149,23 @@ def build_pretrained_encoder(cfg: AVHubertAsrConfig, task: Any) -> AVHubertModel
             raise RuntimeError(f"{cfg.w2v_path}: missing keys {missing}, unexpected keys {unexpected}")
     model.remove_pretraining_modules()
     return model
+
+
+# ResEncoder.stem_conv uses this convolution's weight directly on CPU: an adapter on it would be bypassed
+NO_ADAPTER = {"feature_extractor_video.resnet.frontend3D.0": "the CPU stem convolution uses its weight directly"}
+
+
+def setup_lora(model: nn.Module, w2v: AVHubertModel, cfg: AVHubertAsrConfig) -> None:
+    """With `cfg.lora_r > 0`: LoRA adapters on the encoder `w2v` (its base frozen; `mask_emb` trains, the
+    pre-trained checkpoint does not hold it) and the base reference that makes checkpoints adapter-only.
+    Logs trainable / total parameters in any case."""
+    if cfg.lora_r > 0:
+        if cfg.no_pretrained_weights:
+            raise ValueError("model.lora_r > 0 needs the pre-trained weights: drop model.no_pretrained_weights=true")
+        apply_lora(w2v, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, list(cfg.lora_targets), exclude=NO_ADAPTER)
+        w2v.mask_emb.requires_grad_(True)
+        model.lora_base = BaseReference(cfg.w2v_path, file_sha256(cfg.w2v_path))
+    logger.info("%s %s", type(model).__name__, parameter_report(model))
 
 
 def sample_modality_drop(module: nn.Module, cfg: Any, source: Dict[str, Optional[torch.Tensor]]) -> str:
@@ -182,7 +208,7 @@ def _freeze_context(module: nn.Module) -> Any:
 
 
 @register_model("av_hubert_seq2seq", dataclass=AVHubertSeq2SeqConfig)
-class AVHubertSeq2Seq(BaseFairseqModel):
+class AVHubertSeq2Seq(AdapterCheckpointMixin, BaseFairseqModel):
     """Encoder-decoder. A `BaseFairseqModel` (not `FairseqEncoderDecoderModel`) because the
     decoder is a plain torch module; fairseq reaches it through `get_normalized_probs`."""
 
@@ -204,7 +230,9 @@ class AVHubertSeq2Seq(BaseFairseqModel):
         if tgt_dict is None:
             raise ValueError("av_hubert_seq2seq needs a fine-tuning task (task.fine_tuning=true, labels=[wrd])")
         decoder = build_decoder_from_cfg(cfg, len(tgt_dict), tgt_dict.pad(), encoder_embed_dim=w2v.cfg.encoder_embed_dim)
-        return cls(HubertEncoderWrapper(w2v, cfg), decoder, cfg)
+        model = cls(HubertEncoderWrapper(w2v, cfg), decoder, cfg)
+        setup_lora(model, w2v, cfg)
+        return model
 
     def forward(self, **kwargs: Any) -> Any:
         with _freeze_context(self):  # only the pre-trained encoder; the decoder (and ctc_proj) always train
@@ -264,7 +292,7 @@ class HubertEncoder(FairseqEncoder):
 
 
 @register_model("av_hubert_ctc", dataclass=AVHubertCtcConfig)
-class AVHubertCtc(BaseFairseqModel):
+class AVHubertCtc(AdapterCheckpointMixin, BaseFairseqModel):
     generator_kind = "ctc"  # read by the task's build_generator: CTC decoding
 
     def __init__(self, cfg: AVHubertCtcConfig, w2v_encoder: HubertEncoder) -> None:
@@ -278,7 +306,9 @@ class AVHubertCtc(BaseFairseqModel):
         if task.target_dictionary is None:
             raise ValueError("av_hubert_ctc needs a fine-tuning task (task.fine_tuning=true)")
         w2v = build_pretrained_encoder(cfg, task)
-        return cls(cfg, HubertEncoder(w2v, cfg, len(task.target_dictionary)))
+        model = cls(cfg, HubertEncoder(w2v, cfg, len(task.target_dictionary)))
+        setup_lora(model, w2v, cfg)
+        return model
 
     def forward(self, **kwargs: Any) -> Dict[str, Any]:
         return self.w2v_encoder(**kwargs)
