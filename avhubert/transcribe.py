@@ -35,8 +35,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from avdata.atomic import write_text  # noqa: E402
 
-logger = logging.getLogger("avhubert.transcribe")
-
 MEDIA_SUFFIXES = {
     ".mp4", ".mkv", ".avi", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts", ".3gp", ".mts",
     ".wav", ".mp3", ".flac", ".m4a", ".ogg", ".aac", ".opus",
@@ -247,8 +245,7 @@ def transcribe_one(model: Any, video: Path, args: argparse.Namespace, generator:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("avhubert.task", "fairseq"):
+    for noisy in ("avhubert", "fairseq"):  # the task logs its whole config at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     videos, errors = expand_inputs(args.inputs)
     for e in errors:
@@ -295,7 +292,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             prefix = "" if msg.startswith(str(video)) else f"{video}: "
             tqdm.write(f"error: {prefix}{msg}", file=sys.stderr)
-            logger.debug("traceback of %s", video, exc_info=True)
             continue
         for note in record.get("notes", []):
             tqdm.write(f"note: {video}: {note}", file=sys.stderr)
@@ -303,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ok += 1
     done_before = len(videos) - len(todo)
     if failed or errors:
-        print(f"transcribed {ok} of {len(todo)} input(s); {failed + len(errors)} failed", file=sys.stderr)
+        print(f"transcribed {ok} of {len(todo) + len(errors)} input(s); {failed + len(errors)} failed", file=sys.stderr)
     return 0 if ok + done_before > 0 else 1
 
 
