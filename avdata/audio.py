@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 FBANK_FILTERS = 26
+_PREEMPHASIS, _NFFT = 0.97, 512  # python_speech_features defaults used by the reference
 
 
 class AudioFormatError(ValueError):
@@ -92,9 +93,6 @@ def log_filterbank(wav: np.ndarray, sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) 
     feats = np.dot(power, filters.T)  # [T, 26]
     feats[feats == 0] = np.finfo(np.float64).eps  # log(0) guard, as the package
     return np.log(feats).astype(np.float32)
-
-
-_PREEMPHASIS, _NFFT = 0.97, 512
 
 
 @functools.lru_cache(maxsize=4)
