@@ -9,6 +9,8 @@ Stages (a rerun reuses every finished stage; outputs under `--out-dir`, default 
   5. decode    infer_s2s in audio, video and audio-visual modes, clean test audio and babble
                at 10, 5, 0, -5 dB                                             -> decode/
   6. report    WER table (printed, results.md) and wer_vs_snr.png
+  7. transcribe one test video (its mouth video with its speech muxed in) with
+               `python -m avhubert.transcribe`, printed next to the reference  -> transcribe/
 """
 
 import argparse
@@ -163,6 +165,29 @@ def plot(out: Path, grids: Dict[str, Dict[str, Dict[str, float]]]) -> Path:
     return path
 
 
+def transcribe_example(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str, str]:
+    """The first test utterance as one mp4 (mouth video + speech) through the transcribe command."""
+    from avdata.ffmpeg import run_ffmpeg
+    from avdata.manifest import read_manifest, resolve
+
+    root, rows = read_manifest(data / "test.tsv")
+    row = rows[0]
+    ref = (data / "test.wrd").read_text().splitlines()[0]
+    out.mkdir(parents=True, exist_ok=True)
+    video = out / f"{row.id}.mp4"
+    if not video.is_file():
+        run_ffmpeg(["-i", resolve(root, row.video), "-i", resolve(root, row.audio), "-map", "0:v:0", "-map", "1:a:0",
+                    "-c:v", "copy", "-c:a", "aac", str(video)])
+    result = out / f"{row.id}.json"
+    cmd = [sys.executable, "-m", "avhubert.transcribe", str(video), "--checkpoint", str(ckpt), "--beam", str(beam),
+           "--output", str(result)]
+    print("    $ python -m avhubert.transcribe " + " ".join(cmd[3:]), flush=True)
+    run_logged(cmd, out / "transcribe.log", show=("error", "note"))
+    hyp = json.loads(result.read_text())
+    print(f"    REF: {ref}\n    HYP: {hyp['text']}  ({hyp['modality']})", flush=True)
+    return {"id": row.id, "ref": ref, "hyp": hyp["text"]}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="demo_out")
@@ -180,13 +205,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if find_tcmalloc() is None:
         print("note: libtcmalloc_minimal not found (Debian: libtcmalloc-minimal4); training runs about 20% slower")
 
-    _banner("1/6 corpus: TTS speech + mouth videos + babble noise")
+    _banner("1/7 corpus: TTS speech + mouth videos + babble noise")
     from demo.corpus import CorpusConfig, generate_corpus
 
     data = out / "data"
     paths = generate_corpus(data, CorpusConfig(seed=a.seed), num_workers=a.num_workers)
 
-    _banner("2/6 cluster: MFCC features -> k-means -> 100 Hz labels")
+    _banner("2/7 cluster: MFCC features -> k-means -> 100 Hz labels")
     labels = out / "labels"
     if not _done(labels / ".done"):
         run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(data), "--out-dir", str(labels),
@@ -195,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    labels / "cluster.log", show=("stage", "inertia"))
         (labels / ".done").touch()
 
-    _banner("3/6 pretrain: masked multimodal cluster prediction")
+    _banner("3/7 pretrain: masked multimodal cluster prediction")
     pre = out / "pretrain"
     pre_ckpt = pre / "checkpoints" / "checkpoint_last.pt"
     if not _done(pre / ".done"):
@@ -208,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs["scratch"] = (out / "scratch", True)
     ckpts: Dict[str, Path] = {}
     for name, (exp, scratch) in runs.items():
-        _banner(f"4/6 finetune ({name}): seq2seq, audio-visual, babble augmentation")
+        _banner(f"4/7 finetune ({name}): seq2seq, audio-visual, babble augmentation")
         ckpts[name] = exp / "checkpoints" / "checkpoint_last.pt"
         if not _done(exp / ".done"):
             hydra_train("finetune", exp, [
@@ -219,14 +244,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"lr_scheduler.decay_steps={a.finetune_updates - a.finetune_updates // 10}"])
             (exp / ".done").touch()
 
-    _banner("5/6 decode: audio / video / audio-visual x clean, 10, 5, 0, -5 dB babble")
+    _banner("5/7 decode: audio / video / audio-visual x clean, 10, 5, 0, -5 dB babble")
     grids = {name: decode_grid(ckpt, data, out / "decode" / name, a.beam) for name, ckpt in ckpts.items()}
 
-    _banner("6/6 report")
+    _banner("6/7 report")
     text = write_report(out, grids, chance_wer(data), time.perf_counter() - start)
     png = plot(out, grids)
     print(text)
     print(f"\nwrote {out / 'results.md'} and {png}")
+
+    _banner("7/7 transcribe: one test video with python -m avhubert.transcribe")
+    transcribe_example(ckpts["pretrained"], data, out / "transcribe", a.beam)
     return 0
 
 
