@@ -242,7 +242,11 @@ def load_for_export(checkpoint: str) -> Tuple[nn.Module, Dict[str, Any], Any]:
         raise FileNotFoundError(f"{path}: no such checkpoint")
     with exit_on_checkpoint_error():
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)], strict=True)
-    return models[0].eval(), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), task
+    model = models[0].eval()
+    if getattr(model, "lora_base", None) is not None:  # a LoRA checkpoint exports full weights (avhubert.merge_lora)
+        model.merge_adapters()
+        cfg.model.lora_r = 0
+    return model, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), task
 
 
 def default_modalities(task_cfg: Any) -> List[str]:

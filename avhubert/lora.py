@@ -235,6 +235,17 @@ class AdapterCheckpointMixin:
 
     lora_base: Optional[BaseReference] = None
 
+    def merge_adapters(self) -> Optional[BaseReference]:
+        """Fold the adapters into full weights (`merge_lora`), make every parameter trainable again and
+        drop the base reference: from then on `state_dict()` is the plain, full one. Returns the old
+        reference (None when the model had no LoRA)."""
+        base, self.lora_base = self.lora_base, None
+        if base is not None:
+            merge_lora(self)  # type: ignore[arg-type]
+            for param in self.parameters():  # type: ignore[attr-defined]
+                param.requires_grad_(True)
+        return base
+
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
         out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)  # type: ignore[misc]
         if self.lora_base is None:

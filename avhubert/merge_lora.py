@@ -23,7 +23,7 @@ from fairseq import checkpoint_utils
 
 from avhubert.checkpoint import exit_on_checkpoint_error, load_checkpoint
 from avhubert.checkpoint_io import atomic_torch_save
-from avhubert.lora import BASE_DIGEST_KEY, merge_lora, parameter_report
+from avhubert.lora import BASE_DIGEST_KEY, parameter_report
 
 logger = logging.getLogger("avhubert.merge_lora")
 
@@ -46,11 +46,7 @@ def merge_checkpoint(path: str, out: str, w2v_path: Optional[str] = None) -> Dic
     with exit_on_checkpoint_error():
         models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides, strict=True)
     model = models[0]
-    base = model.lora_base
-    merge_lora(model)
-    model.lora_base = None  # from here on state_dict() is the full, plain one
-    for param in model.parameters():
-        param.requires_grad_(True)
+    base = model.merge_adapters()  # from here on state_dict() is the full, plain one
     logger.info("merged %s: %s", path, parameter_report(model))
     merged = dict(state)
     merged["model"] = model.state_dict()

@@ -13,6 +13,8 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
+from avhubert.api import load
+from avhubert.export import export_checkpoint
 from avhubert.lora import BASE_DIGEST_KEY, LoraBaseError
 from avhubert.merge_lora import main as merge_main
 from tests.conftest import run_cli
@@ -109,11 +111,14 @@ def test_decode_and_merge(s2s_run, repo, ft_data, base, tmp_path):  # noqa: F811
     assert hyps["merged"] == hyps["lora"]
 
     # the merged checkpoint: plain keys, loads strictly without the base, same outputs within 1e-5
-    lora_model = checkpoint_utils.load_model_ensemble_and_task([str(last)])[0][0].eval()
+    lora_model = load(last).model  # the loading API rebuilds the base from model.w2v_path
+    assert lora_model.lora_base is not None and not lora_model.training
+    export_checkpoint(str(last), "safetensors", tmp_path / "exported", log=lambda *_: None)  # merges on the way
     moved = base.with_name("moved.pt")
     base.rename(moved)
     try:
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(merged)], strict=True)
+        exported = load(tmp_path / "exported").model
         with pytest.raises(LoraBaseError, match=f"{base}.*not found.*merge_lora"):
             checkpoint_utils.load_model_ensemble_and_task([str(last)])
         assert "(model.w2v_path) not found" in _merge("--checkpoint", last, "--out", tmp_path / "m.pt")
@@ -127,7 +132,9 @@ def test_decode_and_merge(s2s_run, repo, ft_data, base, tmp_path):  # noqa: F811
     torch.nn.Module.load_state_dict(plain, raw["model"], strict=True)
     batch = _batch(task, "test")
     with torch.no_grad():
-        torch.testing.assert_close(plain(**batch)[0], lora_model(**batch)[0], atol=1e-5, rtol=0)
+        want = lora_model(**batch)[0]
+        torch.testing.assert_close(plain(**batch)[0], want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(exported.eval()(**batch)[0], want, atol=1e-5, rtol=0)
     # weights stored: adapters + decoder (110 k numbers) against the full model (384 k) of the tiny config
     nbytes = {p: sum(v.numel() * v.element_size() for v in _model(p).values()) for p in (last, merged)}
     assert nbytes[last] < 0.35 * nbytes[merged], nbytes
