@@ -156,6 +156,7 @@ def reorder_encoder_out(encoder_out: Mapping[str, Any], new_order: Tensor) -> En
 
 
 def _encoder_lengths(encoder_out: Mapping[str, Any]) -> Tuple[int, Tensor]:
+    """Batch size and `[B]` encoder time steps per utterance (on the host)."""
     enc, mask = unpack_encoder_out(encoder_out)
     if enc is None:
         raise ValueError("encoder_out['encoder_out'] is required")
@@ -165,6 +166,12 @@ def _encoder_lengths(encoder_out: Mapping[str, Any]) -> Tuple[int, Tensor]:
     return bsz, (~mask).sum(dim=1).long().cpu()
 
 
+def _without_padding_mask(encoder_out: Mapping[str, Any]) -> Dict[str, Any]:
+    """`encoder_out` without its padding mask (when no frame is padded, so that attention can
+    use its unmasked kernels)."""
+    return {k: v for k, v in encoder_out.items() if k not in ("encoder_padding_mask", "padding_mask")}
+
+
 def _ban_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> None:
     """Set -inf for every token that would repeat an n-gram of `tokens [N, L]` (in place)."""
     if tokens.size(1) < n:
@@ -172,8 +179,103 @@ def _ban_repeated_ngrams(tokens: Tensor, lprobs: Tensor, n: int) -> None:
     windows = tokens.unfold(1, n, 1)  # [N, L - n + 1, n]: all n-grams so far
     current = tokens[:, tokens.size(1) - n + 1 :]  # [N, n - 1]: the n-gram being completed
     match = (windows[:, :, :-1] == current[:, None, :]).all(dim=2)
-    rows, cols = match.nonzero(as_tuple=True)
-    lprobs[rows, windows[rows, cols, -1]] = NEG_INF
+    # -inf for the last token of every matching n-gram; "amin" keeps a ban when a token also ends
+    # non-matching n-grams (+inf), and needs no host sync (no nonzero)
+    ban = torch.full(match.shape, float("inf"), dtype=lprobs.dtype, device=lprobs.device).masked_fill_(match, NEG_INF)
+    lprobs.scatter_reduce_(1, windows[:, :, -1], ban, reduce="amin")
+
+
+class _DictCacheStepper:
+    """Steps any `IncrementalDecoder`: a dict cache reordered row by row, and the encoder output
+    repeated for every beam (`encoder_reorder`)."""
+
+    def __init__(self, decoder: IncrementalDecoder, encoder_out: Mapping[str, Any], beam: int,
+                 encoder_reorder: Callable[[Mapping[str, Any], Tensor], Mapping[str, Any]], device: torch.device) -> None:
+        bsz = unpack_encoder_out(encoder_out)[0].size(1)
+        self.decoder, self.encoder_reorder = decoder, encoder_reorder
+        self.encoder_out = encoder_reorder(encoder_out, torch.arange(bsz, device=device).repeat_interleave(beam))
+        self.state: Dict[str, Tensor] = {}
+        self.reorder_kw = "reorder_encoder_cache" in inspect.signature(decoder.reorder_incremental_state).parameters
+
+    def step(self, tokens: Tensor) -> Tensor:
+        logits, _ = self.decoder(tokens, self.encoder_out, self.state)
+        return logits[:, -1, :]
+
+    def reorder(self, rows: Tensor, keep: Optional[Tensor]) -> None:
+        shrink = keep is not None  # rows of one utterance share the encoder output: only removals need a reorder
+        if self.reorder_kw:
+            self.decoder.reorder_incremental_state(self.state, rows, reorder_encoder_cache=shrink)
+        else:
+            self.decoder.reorder_incremental_state(self.state, rows)
+        if shrink:
+            self.encoder_out = self.encoder_reorder(self.encoder_out, rows)
+
+
+class _BeamCacheStepper:
+    """Steps a decoder with `init_beam_cache` / `beam_step` / `reorder_beam_cache`
+    (`avhubert.modules.decoder.TransformerDecoder`): keys/values written in place, never copied
+    when beams are reordered, encoder keys/values once per utterance."""
+
+    def __init__(self, decoder: Any, encoder_out: Mapping[str, Any], beam: int, max_steps: int) -> None:
+        self.decoder = decoder
+        self.cache = decoder.init_beam_cache(encoder_out, beam, max_steps)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self.decoder.beam_step(tokens, self.cache)
+
+    def reorder(self, rows: Tensor, keep: Optional[Tensor]) -> None:
+        self.decoder.reorder_beam_cache(self.cache, rows, keep)
+
+
+class _Finished:
+    """Finished hypotheses, kept on the search's device until the search ends (no host sync per
+    hypothesis): per utterance `beam` slots in the order they finished, plus one slot that takes
+    the writes of candidates that do not finish. Scores are stored unnormalised and divided by
+    `length ** lenpen` in double precision at the end, as fairseq does."""
+
+    def __init__(self, bsz: int, beam: int, max_tokens: int, device: torch.device) -> None:
+        self.beam = beam
+        self.tokens = torch.zeros(bsz, beam + 1, max_tokens, dtype=torch.long, device=device)
+        self.pos_scores = torch.zeros(bsz, beam + 1, max_tokens, device=device)
+        self.scores = torch.full((bsz, beam + 1), NEG_INF, device=device)
+        self.lengths = torch.zeros(bsz, beam + 1, dtype=torch.long, device=device)
+        self.count = torch.zeros(bsz, dtype=torch.long, device=device)
+
+    def add(self, utts: Tensor, finish: Tensor, tokens: Tensor, pos_scores: Tensor, rows: Tensor, scores: Tensor,
+            last_lp: Tensor, eos: int) -> None:
+        """Store the candidates `finish [n, c]` (best first) of utterances `utts [n]` that still
+        have room: `rows [n, c]` their rows of `tokens [N, L]` / `pos_scores [N, L - 1]`, their
+        cumulative `scores` and eos log-probabilities `last_lp` `[n, c]`."""
+        n, c = finish.shape
+        length = tokens.size(1)
+        slot = self.count.index_select(0, utts)[:, None] + finish.long().cumsum(1) - 1
+        slot = torch.where(finish & (slot < self.beam), slot, self.beam).view(-1)  # others: the spare slot
+        utt = utts[:, None].expand(n, c).reshape(-1)
+        flat = rows.reshape(-1)
+        hyp = torch.cat([tokens.index_select(0, flat)[:, 1:], tokens.new_full((n * c, 1), eos)], dim=1)
+        self.tokens[utt, slot, :length] = hyp
+        self.pos_scores[utt, slot, :length] = torch.cat([pos_scores.index_select(0, flat), last_lp.reshape(-1, 1)], 1)
+        self.scores[utt, slot] = scores.reshape(-1).to(self.scores.dtype)
+        self.lengths[utt, slot] = length
+        self.count.index_add_(0, utts, (slot.view(n, c) < self.beam).long().sum(1))
+
+    def hypotheses(self, normalize: bool, lenpen: float) -> List[List[Hypothesis]]:
+        """Per utterance its finished hypotheses, best first (one transfer to the host)."""
+        count, lengths, scores = self.count.tolist(), self.lengths.cpu(), self.scores.cpu()
+        tokens, pos_scores = self.tokens.cpu(), self.pos_scores.cpu()
+        out: List[List[Hypothesis]] = []
+        for u, k in enumerate(count):
+            hyps = []
+            for j in range(k):
+                length = int(lengths[u, j])
+                score = float(scores[u, j])
+                if normalize:
+                    score /= length**lenpen
+                hyps.append(Hypothesis(tokens=tokens[u, j, :length].clone(), score=score,
+                                       positional_scores=pos_scores[u, j, :length].clone()))
+            hyps.sort(key=lambda h: h.score, reverse=True)
+            out.append(hyps)
+        return out
 
 
 @torch.no_grad()
@@ -196,7 +298,9 @@ def beam_search(
     """Beam search over a batch of encoder outputs.
 
     Args:
-        decoder: incremental decoder (called as `decoder(tokens, encoder_out, incremental_state)`).
+        decoder: incremental decoder (called as `decoder(tokens, encoder_out, incremental_state)`);
+            one with `init_beam_cache` / `beam_step` / `reorder_beam_cache` (our
+            `TransformerDecoder`, in eval mode) is stepped through those instead.
         encoder_out: dict with `encoder_out [T, B, C]` and optional `encoder_padding_mask` /
             `padding_mask [B, T]` (True = pad); other entries are reordered with it.
         eos, pad, unk: target dictionary indices; `bos` defaults to eos (fairseq convention).
@@ -211,11 +315,16 @@ def beam_search(
 
     Returns:
         for each utterance, `beam` hypotheses sorted by score (best first).
+
+    On an accelerator the search waits for the device once per step (how many hypotheses each
+    utterance has finished, to stop and to drop finished utterances), plus once at the start
+    (lengths) and once at the end (the hypotheses).
     """
     cfg = config or BeamSearchConfig()
     cfg.validate()
     bos = eos if bos is None else bos
     bsz, lengths = _encoder_lengths(encoder_out)
+    padded = bsz > 0 and int(lengths.min()) < unpack_encoder_out(encoder_out)[0].size(0)
     if src_lengths is not None:
         lengths = src_lengths.long().cpu()
     if bsz == 0:
@@ -224,10 +333,10 @@ def beam_search(
     cap = cfg.max_target_positions
     if cap is None and hasattr(decoder, "max_positions"):
         cap = int(decoder.max_positions())
-    max_len = (cfg.max_len_a * lengths.double() + cfg.max_len_b).long()  # int() truncation, as fairseq
+    max_len_t = (cfg.max_len_a * lengths.double() + cfg.max_len_b).long()  # int() truncation, as fairseq
     if cap is not None:
-        max_len = max_len.clamp(max=cap - 1)
-    max_len = max_len.clamp(min=0).tolist()
+        max_len_t = max_len_t.clamp(max=cap - 1)
+    max_len: List[int] = max_len_t.clamp(min=0).tolist()
 
     enc, _ = unpack_encoder_out(encoder_out)
     device = enc.device
@@ -237,38 +346,43 @@ def beam_search(
         if ctc_log_probs is None:
             raise ValueError("ctc_weight > 0 needs ctc_log_probs [B, T, V]")
         scorer = CTCPrefixScorer(ctc_log_probs, lengths.to(ctc_log_probs.device), ctc_blank, eos)
-    reorder_kw = "reorder_encoder_cache" in inspect.signature(decoder.reorder_incremental_state).parameters
 
-    active = torch.arange(bsz)  # original indices of the utterances still searched
-    rows = active.repeat_interleave(beam).to(device)
-    encoder_out = encoder_reorder(encoder_out, rows)
-    state: Dict[str, Tensor] = {}
+    stepper: Any
+    if hasattr(decoder, "init_beam_cache") and not getattr(decoder, "training", False):
+        stepper = _BeamCacheStepper(decoder, encoder_out if padded else _without_padding_mask(encoder_out), beam,
+                                    max(max_len) + 1)
+    else:
+        stepper = _DictCacheStepper(decoder, encoder_out, beam, encoder_reorder, device)
+    active = list(range(bsz))  # original indices of the utterances still searched
+    active_dev = torch.arange(bsz, device=device)
+    max_len_dev = torch.tensor(max_len, device=device)
     lm_state: Dict[str, Any] = {}
     tokens = torch.full((bsz * beam, 1), bos, dtype=torch.long, device=device)
     scores = torch.zeros(bsz * beam, device=device)
     pos_scores = torch.zeros(bsz * beam, 0, device=device)
-    ctc_state: Optional[CTCPrefixState] = scorer.initial_state(rows.to(scorer.x.device)) if scorer else None
-    finalized: List[List[Hypothesis]] = [[] for _ in range(bsz)]
+    ctc_state: Optional[CTCPrefixState] = None
+    if scorer is not None:
+        ctc_state = scorer.initial_state(active_dev.to(scorer.x.device).repeat_interleave(beam))
+    finished = _Finished(bsz, beam, max(max_len) + 1, device)
+    k = 2 * beam  # candidates per utterance: 2x so that `beam` non-eos candidates always remain
 
     step = 0
-    while active.numel() > 0:
-        n = active.numel()
-        logits, _ = decoder(tokens, encoder_out, state)
-        lprobs = F.log_softmax(logits[:, -1, :].float() / cfg.temperature, dim=-1)  # [n * beam, V]
+    while True:
+        n = len(active)
+        lprobs = F.log_softmax(stepper.step(tokens).float() / cfg.temperature, dim=-1)  # [n * beam, V]
         vocab = lprobs.size(1)
         lm_lprobs = None
         if lm is not None:
             lm_lprobs = _lm_scores(lm, tokens, lm_state, vocab, cfg.lm_weight).to(lprobs)  # [n * beam, V]
             if scorer is None:  # fairseq order: fused before the search rules
                 lprobs = lprobs + lm_lprobs
-        # each row's maximum length (rows of one utterance are adjacent)
-        row_max = torch.tensor([max_len[int(a)] for a in active], device=lprobs.device).repeat_interleave(beam)
+        row_max = max_len_dev.index_select(0, active_dev).repeat_interleave(beam)  # each row's maximum length
         lprobs = _constrain(lprobs, tokens, step, row_max, eos, pad, unk, cfg)
         if prefix_tokens is not None and step < prefix_tokens.size(1):
-            lprobs = _force_prefix(lprobs, prefix_tokens, step, active, row_max, beam, pad)
+            lprobs = _force_prefix(lprobs, prefix_tokens, step, active_dev, row_max, beam, pad)
         ctc_cand = ctc_psi = ctc_r = None
         if scorer is not None and ctc_state is not None:
-            lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active, beam, cfg)
+            lprobs, ctc_cand, ctc_psi, ctc_r = _joint_ctc(lprobs, scorer, ctc_state, active_dev, beam, cfg)
             if lm_lprobs is not None:
                 lprobs = lprobs + lm_lprobs.masked_fill(torch.isnan(lm_lprobs), NEG_INF)
 
@@ -277,7 +391,6 @@ def beam_search(
         token_lp_all = lprobs.view(n, beam * vocab)
         if step == 0:
             cand, token_lp_all = cand[:, :vocab], token_lp_all[:, :vocab]
-        k = 2 * beam  # 2x so that `beam` non-eos candidates always remain
         if cand.size(1) < k:  # tiny vocabularies: pad with impossible candidates
             filler = cand.new_full((n, k - cand.size(1)), NEG_INF)
             cand, token_lp_all = torch.cat([cand, filler], 1), torch.cat([token_lp_all, filler], 1)
@@ -287,86 +400,59 @@ def beam_search(
         cand_beam = (top_idx // vocab).clamp(max=beam - 1)
         cand_row = torch.arange(n, device=device)[:, None] * beam + cand_beam  # current batch rows
 
-        # finish: eos among the first `beam` candidates
+        # finish: finite eos candidates among the first `beam`, until an utterance has `beam`
         is_eos = cand_tok == eos
-        _finish(finalized, active, step, max_len, beam, eos, cfg, tokens, scores, pos_scores,
-                is_eos, top_scores, token_lp, cand_row)
-        done = torch.tensor([len(finalized[int(a)]) >= beam or step >= max_len[int(a)] for a in active])
-        keep = (~done).to(device)
-        if not bool(keep.any()):
+        finish = is_eos[:, :beam] & torch.isfinite(top_scores[:, :beam])
+        finished.add(active_dev, finish, tokens, pos_scores, cand_row[:, :beam], top_scores[:, :beam],
+                     token_lp[:, :beam], eos)
+        counts = finished.count.index_select(0, active_dev).tolist()  # the step's one host sync
+        for s, sent in enumerate(active):
+            if step >= max_len[sent] and counts[s] == 0:
+                _finish_unended(finished, s, sent, max_len[sent], beam, eos, tokens, scores, pos_scores)
+                counts[s] = 1
+        keep = [s for s, sent in enumerate(active) if counts[s] < beam and step < max_len[sent]]
+        if not keep:
             break
 
         # continue: the first `beam` non-eos candidates of each remaining utterance
         rank = torch.arange(k, device=device)[None, :] + k * is_eos.long()
         chosen = rank.topk(beam, dim=1, largest=False).indices  # [n, beam], best first
-        sel_row = cand_row.gather(1, chosen)[keep].reshape(-1)
-        sel_tok = cand_tok.gather(1, chosen)[keep].reshape(-1)
-        scores = top_scores.gather(1, chosen)[keep].reshape(-1)
-        sel_lp = token_lp.gather(1, chosen)[keep].reshape(-1)
-        tokens = torch.cat([tokens[sel_row], sel_tok[:, None]], dim=1)
-        pos_scores = torch.cat([pos_scores[sel_row], sel_lp[:, None]], dim=1)
+        keep_dev = None
+        if len(keep) < n:
+            keep_dev = torch.tensor(keep, device=device)
+            chosen, cand_row, cand_tok, top_scores, token_lp = (
+                t.index_select(0, keep_dev) for t in (chosen, cand_row, cand_tok, top_scores, token_lp))
+        sel_row = cand_row.gather(1, chosen).view(-1)
+        sel_tok = cand_tok.gather(1, chosen).view(-1)
+        scores = top_scores.gather(1, chosen).view(-1)
+        sel_lp = token_lp.gather(1, chosen).view(-1)
+        tokens = torch.cat([tokens.index_select(0, sel_row), sel_tok[:, None]], dim=1)
+        pos_scores = torch.cat([pos_scores.index_select(0, sel_row), sel_lp[:, None]], dim=1)
 
-        shrink = bool(done.any())
-        if reorder_kw:
-            decoder.reorder_incremental_state(state, sel_row, reorder_encoder_cache=shrink)
-        else:
-            decoder.reorder_incremental_state(state, sel_row)
+        stepper.reorder(sel_row, keep_dev)
         if lm is not None:
             lm.reorder_incremental_state(lm_state, sel_row)
-        if shrink:  # rows of one utterance share the encoder output: only removals need a reorder
-            encoder_out = encoder_reorder(encoder_out, sel_row)
         if ctc_state is not None and ctc_cand is not None and ctc_psi is not None and ctc_r is not None:
             col = (ctc_cand[sel_row] == sel_tok[:, None]).long().argmax(dim=1)
             ctc_state = CTCPrefixScorer.advance(ctc_r, ctc_psi, ctc_cand, sel_row, col, ctc_state.length)
-        active = active[~done]
+        if keep_dev is not None:
+            active = [active[s] for s in keep]
+            active_dev = active_dev.index_select(0, keep_dev)
         step += 1
 
-    for hyps in finalized:
-        hyps.sort(key=lambda h: h.score, reverse=True)
-    return finalized
+    return finished.hypotheses(cfg.normalize_scores, cfg.lenpen)
 
 
-def _finish(
-    finalized: List[List[Hypothesis]],
-    active: Tensor,
-    step: int,
-    max_len: List[int],
-    beam: int,
-    eos: int,
-    cfg: BeamSearchConfig,
-    tokens: Tensor,
-    scores: Tensor,
-    pos_scores: Tensor,
-    is_eos: Tensor,
-    top_scores: Tensor,
-    token_lp: Tensor,
-    cand_row: Tensor,
-) -> None:
-    """Store hypotheses ending at this step: finite eos candidates among each utterance's first
-    `beam` (`[n, k]` candidate tensors, best first), until an utterance has `beam` of them."""
-
-    def hypothesis(row: int, score: float, last_lp: Tensor) -> Hypothesis:
-        return Hypothesis(
-            tokens=torch.cat([tokens[row, 1:], tokens.new_tensor([eos])]).cpu(),
-            score=score,
-            positional_scores=torch.cat([pos_scores[row], last_lp.reshape(1)]).cpu(),
-        )
-
-    finish = is_eos[:, :beam] & torch.isfinite(top_scores[:, :beam])
-    for s, j in finish.nonzero().tolist():
-        sent = int(active[s])
-        if len(finalized[sent]) < beam:
-            score = float(top_scores[s, j])
-            if cfg.normalize_scores:
-                score /= (step + 1) ** cfg.lenpen
-            finalized[sent].append(hypothesis(int(cand_row[s, j]), score, token_lp[s, j]))
-    for s, sent in enumerate(active.tolist()):
-        if step >= max_len[sent] and not finalized[sent]:
-            # nothing could end (joint CTC can rule out every ending): keep the best prefix,
-            # marked impossible (score -inf), rather than return no hypothesis at all
-            logger.warning("utterance %d: no hypothesis could end within %d tokens", sent, max_len[sent])
-            row = s * beam + int(scores[s * beam : (s + 1) * beam].argmax())
-            finalized[sent].append(hypothesis(row, NEG_INF, pos_scores.new_tensor(NEG_INF)))
+def _finish_unended(finished: _Finished, s: int, sent: int, limit: int, beam: int, eos: int, tokens: Tensor,
+                    scores: Tensor, pos_scores: Tensor) -> None:
+    """Nothing could end within `limit` tokens (joint CTC can rule out every ending): keep the
+    best prefix of utterance `sent` (position `s` in the batch), marked impossible (score -inf),
+    rather than return no hypothesis at all."""
+    logger.warning("utterance %d: no hypothesis could end within %d tokens", sent, limit)
+    row = s * beam + scores[s * beam : (s + 1) * beam].argmax()
+    finished.add(torch.tensor([sent], device=tokens.device), torch.ones(1, 1, dtype=torch.bool, device=tokens.device),
+                 tokens, pos_scores, row.view(1, 1), scores.new_full((1, 1), NEG_INF),
+                 pos_scores.new_full((1, 1), NEG_INF), eos)
 
 
 def _lm_scores(lm: LanguageModel, tokens: Tensor, lm_state: Dict[str, Any], vocab: int, weight: float) -> Tensor:
@@ -395,13 +481,12 @@ def _constrain(
     lprobs = lprobs.masked_fill(torch.isnan(lprobs), NEG_INF)
     lprobs[:, pad] = NEG_INF
     lprobs[:, unk] -= cfg.unkpen
-    at_max = step >= row_max  # force eos
-    if bool(at_max.any()):
-        eos_col = lprobs[:, eos].clone()
-        lprobs[at_max] = NEG_INF
-        lprobs[:, eos] = eos_col
+    at_max = step >= row_max  # force eos (without asking the host whether any row is there)
+    eos_col = lprobs[:, eos].clone()
+    lprobs.masked_fill_(at_max[:, None], NEG_INF)
     if step < cfg.min_len:
-        lprobs[~at_max, eos] = NEG_INF
+        eos_col.masked_fill_(~at_max, NEG_INF)
+    lprobs[:, eos] = eos_col
     if cfg.no_repeat_ngram_size > 0:
         _ban_repeated_ngrams(tokens, lprobs, cfg.no_repeat_ngram_size)
     return lprobs

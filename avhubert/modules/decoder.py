@@ -22,13 +22,15 @@ Differences from the original, on purpose:
 """
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "BeamCache",
     "IncrementalState",
     "MultiheadAttention",
     "SinusoidalPositionalEmbedding",
@@ -246,12 +248,27 @@ class TransformerDecoderLayer(nn.Module):
             self.encoder_attn_layer_norm,
             lambda h: self._encoder_attention(h, enc, enc_mask, cache, f"{name}{_ENCODER_CACHE_MARK}"),
         )
+        return self._block(x, self.final_layer_norm, self._ffn)
 
-        def ffn(h: Tensor) -> Tensor:
-            h = F.dropout(F.relu(self.fc1(h)), p=self.activation_dropout, training=self.training)
-            return self.fc2(h)
+    def _ffn(self, h: Tensor) -> Tensor:
+        h = F.dropout(F.relu(self.fc1(h)), p=self.activation_dropout, training=self.training)
+        return self.fc2(h)
 
-        return self._block(x, self.final_layer_norm, ffn)
+    def beam_step(self, x: Tensor, weights: "_LayerStepWeights", cache: "BeamCache", index: int, self_mask: Tensor) -> Tensor:
+        """One decoding step of layer `index` for `x [N, D]` (the newest position of every row),
+        with the step weights and the beam cache (see `TransformerDecoder.beam_step`)."""
+        dim = x.size(1)
+
+        def self_attention(h: Tensor) -> Tensor:
+            q, k, v = weights.qkv(h).split(dim, dim=1)
+            return weights.self_out(cache.attend_self(index, q, k, v, self_mask))
+
+        def encoder_attention(h: Tensor) -> Tensor:
+            return weights.enc_out(cache.attend_encoder(index, weights.enc_q(h)))
+
+        x = self._block(x, self.self_attn_layer_norm, self_attention)
+        x = self._block(x, self.encoder_attn_layer_norm, encoder_attention)
+        return self._block(x, self.final_layer_norm, lambda h: weights.fc2(F.relu(weights.fc1(h))))
 
 
 def unpack_encoder_out(encoder_out: Optional[Mapping[str, Any]]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -277,6 +294,124 @@ def unpack_encoder_out(encoder_out: Optional[Mapping[str, Any]]) -> Tuple[Option
             f"encoder padding mask {tuple(mask.shape)} does not match encoder_out {tuple(enc.shape)} [T, B, C]"
         )
     return enc, mask
+
+
+class _StepLinear:
+    """Linear layers applied together to one input, their weights concatenated and stored
+    transposed (`[in, out]`, contiguous): one matrix product per step, and MKL's sgemm is faster
+    on that layout than on `nn.Linear`'s `[out, in]` when only a few rows are multiplied."""
+
+    __slots__ = ("weight", "bias")
+
+    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]]) -> None:
+        self.weight = torch.cat([w.detach() for w in weights], dim=0).t().contiguous()
+        has_bias = [b is not None for b in biases]
+        if any(has_bias) and not all(has_bias):
+            raise ValueError("_StepLinear: either every layer has a bias or none has")
+        self.bias = torch.cat([b.detach() for b in biases if b is not None]) if all(has_bias) else None
+
+    @classmethod
+    def of(cls, *linears: nn.Linear) -> "_StepLinear":
+        return cls([m.weight for m in linears], [m.bias for m in linears])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """`[N, in] -> [N, out]`."""
+        return torch.mm(x, self.weight) if self.bias is None else torch.addmm(self.bias, x, self.weight)
+
+
+@dataclass
+class _LayerStepWeights:
+    """One decoder layer's weights for `TransformerDecoderLayer.beam_step`."""
+
+    qkv: _StepLinear  # self-attention q, k, v projections in one product
+    self_out: _StepLinear
+    enc_q: _StepLinear
+    enc_out: _StepLinear
+    fc1: _StepLinear
+    fc2: _StepLinear
+
+    @classmethod
+    def of(cls, layer: TransformerDecoderLayer) -> "_LayerStepWeights":
+        sa, ea = layer.self_attn, layer.encoder_attn
+        return cls(
+            qkv=_StepLinear.of(sa.q_proj, sa.k_proj, sa.v_proj),
+            self_out=_StepLinear.of(sa.out_proj),
+            enc_q=_StepLinear.of(ea.q_proj),
+            enc_out=_StepLinear.of(ea.out_proj),
+            fc1=_StepLinear.of(layer.fc1),
+            fc2=_StepLinear.of(layer.fc2),
+        )
+
+
+@dataclass
+class BeamCache:
+    """What `TransformerDecoder.beam_step` keeps between the steps of one beam search.
+
+    Rows are utterance-major: row `u * beam + b` is beam `b` of utterance `u` (`n` utterances).
+    Self-attention keys/values of step `t` are written in place at `[:, :, t]` of
+    `[n, H, capacity, beam, D/H]` buffers, in the row's beam slot, and are never moved when the
+    search reorders beams: `origin [n * beam, steps]` says, for each earlier step of a row's
+    prefix, which beam slot of its utterance computed it, and attention masks the other slots.
+    Encoder keys/values are projected once per utterance (`[n, H, T, D/H]`) and shared by its
+    beams. Only `TransformerDecoder.reorder_beam_cache` with `keep` (finished utterances leave)
+    copies tensors.
+    """
+
+    beam: int
+    enc_k: List[Tensor]  # per layer [n, H, T, D/H]
+    enc_v: List[Tensor]
+    enc_mask: Optional[Tensor]  # [n, 1, 1, T], True = attend; None: no padding mask given
+    self_k: List[Tensor]  # per layer [n, H, capacity, beam, D/H]
+    self_v: List[Tensor]
+    origin: Tensor  # [n * beam, steps] long: beam slot holding each step of each row's prefix
+    slots: Tensor  # [beam] long: 0 .. beam - 1
+    steps: int = 0
+
+    def _grow(self) -> None:
+        """Double the self-attention buffers' capacity (steps already written are kept)."""
+        for buffers in (self.self_k, self.self_v):
+            for i, buf in enumerate(buffers):
+                bigger = buf.new_empty(buf.size(0), buf.size(1), 2 * buf.size(2), *buf.shape[3:])
+                bigger[:, :, : buf.size(2)] = buf
+                buffers[i] = bigger
+
+    def _begin_step(self) -> Tensor:
+        """Extend `origin` by this step (every row computes it in its own slot) and return the
+        self-attention mask `[n, 1, beam, (steps + 1) * beam]` (True = attend)."""
+        n = self.origin.size(0) // self.beam
+        if self.self_k and self.steps >= self.self_k[0].size(2):
+            self._grow()
+        own = self.slots.repeat(n)[:, None]
+        self.origin = torch.cat([self.origin, own], dim=1)
+        seen = self.origin.view(n, self.beam, self.steps + 1, 1) == self.slots
+        return seen.view(n, 1, self.beam, (self.steps + 1) * self.beam)
+
+    def attend_self(self, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Store this step's `k, v [N, D]` of layer `layer` and attend with `q [N, D]` over each
+        row's prefix -> `[N, D]`."""
+        rows, dim = q.shape
+        n, t = rows // self.beam, self.steps
+        kb, vb = self.self_k[layer], self.self_v[layer]
+        heads, head_dim = kb.size(1), kb.size(4)
+
+        def per_slot(x: Tensor) -> Tensor:  # [N, D] -> [n, H, beam, D/H]
+            return x.view(n, self.beam, heads, head_dim).transpose(1, 2)
+
+        kb[:, :, t] = per_slot(k)
+        vb[:, :, t] = per_slot(v)
+        keys = kb[:, :, : t + 1].view(n, heads, (t + 1) * self.beam, head_dim)
+        values = vb[:, :, : t + 1].view(n, heads, (t + 1) * self.beam, head_dim)
+        out = F.scaled_dot_product_attention(per_slot(q), keys, values, attn_mask=mask)  # [n, H, beam, D/H]
+        return out.transpose(1, 2).reshape(rows, dim)
+
+    def attend_encoder(self, layer: int, q: Tensor) -> Tensor:
+        """Encoder attention of layer `layer` for `q [N, D]` -> `[N, D]`."""
+        rows, dim = q.shape
+        k, v = self.enc_k[layer], self.enc_v[layer]
+        n, heads, _, head_dim = k.shape
+        qh = q.view(n, self.beam, heads, head_dim).transpose(1, 2)  # the beams of an utterance share its keys
+        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=self.enc_mask)
+        return out.transpose(1, 2).reshape(rows, dim)
 
 
 class TransformerDecoder(nn.Module):
@@ -392,15 +527,7 @@ class TransformerDecoder(nn.Module):
             raise ValueError("encoder_out['encoder_out'] is required (encoder attention)")
         enc_bt = enc.transpose(0, 1) if enc is not None else None  # [T, B, C] -> [B, T, C]
 
-        positions = None
-        if self.embed_positions is not None:
-            positions = self.embed_positions(prev_output_tokens, incremental=incremental)
-        tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
-        x = self.embed_scale * self.embed_tokens(tokens)
-        if positions is not None:
-            x = x + positions
-        x = F.dropout(x, p=self.dropout, training=self.training)
-
+        x = self._embed(prev_output_tokens, incremental)
         inner_states: List[Optional[Tensor]] = [x.transpose(0, 1)]
         for idx, layer in enumerate(self.layers):
             if self.training and self.layerdrop > 0 and float(torch.rand(())) < self.layerdrop:
@@ -410,6 +537,17 @@ class TransformerDecoder(nn.Module):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return x, {"attn": [None], "inner_states": inner_states}
+
+    def _embed(self, prev_output_tokens: Tensor, incremental: bool) -> Tensor:
+        """Token plus position embeddings `[B, U, D]` (`[B, 1, D]`: the last position only)."""
+        positions = None
+        if self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens, incremental=incremental)
+        tokens = prev_output_tokens[:, -1:] if incremental else prev_output_tokens
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if positions is not None:
+            x = x + positions
+        return F.dropout(x, p=self.dropout, training=self.training)
 
     def output_layer(self, features: Tensor) -> Tensor:
         """`[B, U, D] -> [B, U, V]` logits."""
@@ -452,6 +590,103 @@ class TransformerDecoder(nn.Module):
                 continue
             incremental_state[key] = incremental_state[key].index_select(0, new_order)
         return incremental_state
+
+
+    # ------------------------------------------------------------------ beam search
+    def init_beam_cache(self, encoder_out: Mapping[str, Any], beam: int, max_steps: Optional[int] = None) -> BeamCache:
+        """Start a beam search over `encoder_out` (`[T, B, C]` plus padding mask, as `forward`)
+        with `beam` rows per utterance: projects the encoder keys/values once per utterance.
+        `max_steps` sizes the self-attention buffers (they grow when exceeded). Eval mode only."""
+        if self.training:
+            raise ValueError("beam_step runs in eval mode (dropout off); call decoder.eval() first")
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        enc, mask = unpack_encoder_out(encoder_out)
+        if enc is None:
+            raise ValueError("encoder_out['encoder_out'] is required (encoder attention)")
+        n = enc.size(1)
+        enc_bt = enc.transpose(0, 1)  # [B, T, C]
+        self._step_weights()  # built (or checked) here, not inside the first step
+        enc_k, enc_v, self_k, self_v = [], [], [], []
+        capacity = max(1, max_steps if max_steps is not None else 32)
+        for layer in self.layers:
+            k, v = layer.encoder_attn.project_key_value(enc_bt, enc_bt)  # [B, H, T, D/H]
+            enc_k.append(k)
+            enc_v.append(v)
+            attn = layer.self_attn
+            shape = (n, attn.num_heads, capacity, beam, attn.head_dim)
+            self_k.append(k.new_empty(shape))
+            self_v.append(k.new_empty(shape))
+        enc_mask = None if mask is None else ~mask[:, None, None, :]
+        return BeamCache(beam=beam, enc_k=enc_k, enc_v=enc_v, enc_mask=enc_mask, self_k=self_k, self_v=self_v,
+                         origin=torch.zeros(n * beam, 0, dtype=torch.long, device=enc.device),
+                         slots=torch.arange(beam, device=enc.device))
+
+    def beam_step(self, prev_output_tokens: Tensor, cache: BeamCache) -> Tensor:
+        """Next-token logits `[N, V]` for the prefixes `prev_output_tokens [N, U]` (N = utterances
+        * beam, utterance-major; U = the cache's steps + 1): the same numbers as `forward` with an
+        incremental state, without copying cached keys/values when beams are reordered
+        (`reorder_beam_cache`)."""
+        rows, length = prev_output_tokens.shape
+        if length != cache.steps + 1:
+            raise ValueError(
+                f"beam_step got {length} tokens but the cache holds {cache.steps} steps; "
+                "pass the whole prefix, one new token per call"
+            )
+        if rows != cache.origin.size(0):
+            raise ValueError(f"beam_step got {rows} rows, the cache has {cache.origin.size(0)}")
+        weights = self._step_weights()
+        x = self._embed(prev_output_tokens, incremental=True)[:, 0]  # [N, D]
+        mask = cache._begin_step()
+        for index, (layer, w) in enumerate(zip(self.layers, weights.layers)):
+            x = layer.beam_step(x, w, cache, index, mask)
+        cache.steps += 1
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return weights.output(x)
+
+    @staticmethod
+    def reorder_beam_cache(cache: BeamCache, rows: Tensor, keep: Optional[Tensor] = None) -> None:
+        """Continue row `rows[i]` as row `i` (in place). `keep [n']`, when utterances leave the
+        search, lists the utterances that stay (in order); `rows` must then only name rows of kept
+        utterances, `rows[u' * beam + b]` one of utterance `keep[u']`. Without `keep`, every row
+        must stay within its utterance (as the beam search's reordering does)."""
+        cache.origin = cache.origin.index_select(0, rows)
+        if keep is None:
+            return
+        for tensors in (cache.enc_k, cache.enc_v, cache.self_k, cache.self_v):
+            for i, t in enumerate(tensors):
+                tensors[i] = t.index_select(0, keep)
+        if cache.enc_mask is not None:
+            cache.enc_mask = cache.enc_mask.index_select(0, keep)
+
+    def _step_weights(self) -> "_StepWeights":
+        """The `_StepLinear` copies of the weights, rebuilt when a parameter changed (in-place
+        update, new device or dtype) and dropped by `train()`."""
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        cached = self.__dict__.get("_step_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            weight = self.embed_tokens.weight if self.share_input_output_embed else self.embed_out
+            built = _StepWeights(layers=[_LayerStepWeights.of(layer) for layer in self.layers],
+                                 output=_StepLinear([weight], [None]))
+        self.__dict__["_step_cache"] = (key, built)
+        return built
+
+    def train(self, mode: bool = True) -> "TransformerDecoder":
+        self.__dict__.pop("_step_cache", None)  # training changes the weights: free the copies
+        return super().train(mode)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k != "_step_cache"}  # copies are rebuilt on demand
+
+
+@dataclass
+class _StepWeights:
+    layers: List[_LayerStepWeights]
+    output: _StepLinear  # output projection
 
 
 class _AttrView:
