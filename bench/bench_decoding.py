@@ -3,19 +3,27 @@
 Builds `avhubert.modules.decoder.TransformerDecoder` with the Base fine-tuning sizes (6 layers,
 768, FFN 3072, 4 heads, pre-LN, shared embeddings, vocabulary 1000), random weights, and decodes
 random 768-d encoder outputs of `--frames` steps (75 = 3 s at 25 Hz) with
-`avhubert.beam_search.beam_search` at each `--batch-sizes`. Prints wall time, utterances/s,
-generated tokens/s and peak memory (process max RSS on CPU; max allocated on CUDA).
+`avhubert.beam_search.beam_search` at each `--batch-sizes`. Prints, per batch size, seconds per
+batch, utterances/s, generated tokens/s (best hypotheses) and peak memory (process max RSS on
+CPU, which never decreases across batch sizes; max allocated on CUDA).
 
-Random weights almost never produce eos, so with the default `--max-len-a 1.0 --max-len-b 0`
-(s2s_decode.yaml) every hypothesis runs to the limit of `--frames` tokens: a worst case. Use
-`--max-len-a 0 --max-len-b 15` for a typical 3 s utterance length.
+Random weights almost never produce eos, so every hypothesis runs to its length limit
+`int(max_len_a * frames + max_len_b)`: with the default `--max-len-a 1.0 --max-len-b 0`
+(s2s_decode.yaml) that is `--frames` tokens, a worst case. `--max-len-a 0 --max-len-b 50` is the
+workload of issue 13 ("Base seq2seq beam 5, 50 tokens"); `--max-len-b 15` a typical 3 s utterance.
 
-Example:
-    OMP_NUM_THREADS=2 .venv/bin/python -m bench.bench_decoding --threads 2 --batch-sizes 1 8
+`--compare-ref` also decodes every timed batch with fairseq's own `SequenceGenerator` on the same
+weights (outside the timing) and checks that every hypothesis has the same tokens and the same
+score (1e-4); it exits 1 on a difference.
+
+Example (issue 13's CPU workload):
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.bench_decoding --threads 2 --batch-sizes 1 8 \
+        --max-len-a 0 --max-len-b 50 --compare-ref
     (or `PYTHONPATH=. python bench/bench_decoding.py ...` when the package is not installed)
 """
 
 import argparse
+import copy
 import logging
 import resource
 import time
@@ -35,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--num-utterances", type=int, default=16, help="utterances decoded per batch size")
+    parser.add_argument("--compare-ref", action="store_true",
+                        help="check every hypothesis against fairseq's SequenceGenerator (not timed)")
     parser.add_argument("--frames", type=int, default=75, help="encoder time steps per utterance")
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--beam", type=int, default=5)
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> List[dict]:
         ctc_weight=args.ctc_weight,
         ctc_pre_beam=args.ctc_pre_beam,
     )
-    results = []
+    results, decoded = [], []
     for bsz in args.batch_sizes:
         n_batches = max(1, args.num_utterances // bsz)
         batches = []
@@ -104,24 +114,57 @@ def run(args: argparse.Namespace) -> List[dict]:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         tokens = 0
+        outputs = []
         start = time.perf_counter()
         for batch, ctc in batches:
             out = beam_search(decoder, batch, eos=EOS, pad=PAD, unk=UNK, config=cfg, ctc_log_probs=ctc)
             tokens += sum(len(hyps[0].tokens) for hyps in out)
+            outputs.append(out)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         utts = n_batches * bsz
-        row = dict(batch=bsz, utterances=utts, seconds=elapsed, utt_per_s=utts / elapsed,
-                   best_tokens_per_s=tokens / elapsed, mean_best_len=tokens / utts, peak_mb=peak_memory_mb(device))
-        results.append(row)
+        row = dict(batch=bsz, utterances=utts, seconds=elapsed, seconds_per_batch=elapsed / n_batches,
+                   utt_per_s=utts / elapsed, best_tokens_per_s=tokens / elapsed, mean_best_len=tokens / utts,
+                   peak_mb=peak_memory_mb(device))
         print(
-            f"batch {bsz:3d}: {utts} utts in {elapsed:7.2f} s = {row['utt_per_s']:7.2f} utt/s, "
-            f"{row['best_tokens_per_s']:8.1f} best-hyp tokens/s (mean length {row['mean_best_len']:.1f}), "
-            f"peak memory {row['peak_mb']:.0f} MiB",
+            f"batch {bsz:3d}: {row['seconds_per_batch']:7.3f} s/batch ({n_batches} batches), "
+            f"{row['utt_per_s']:7.2f} utt/s, {row['best_tokens_per_s']:8.1f} tokens/s "
+            f"(best hypotheses, mean length {row['mean_best_len']:.1f}), peak memory {row['peak_mb']:.0f} MiB",
             flush=True,
         )
+        results.append(row)
+        decoded.append((batches, outputs))
+    if args.compare_ref:  # after all timings, so that the reference does not count in their peak memory
+        for row, (batches, outputs) in zip(results, decoded):
+            row["ref_mismatches"] = sum(
+                compare_with_fairseq(decoder, batch, out, args, cfg) for (batch, _), out in zip(batches, outputs))
+            verdict = "identical hypotheses" if row["ref_mismatches"] == 0 else f"{row['ref_mismatches']} DIFFERENT"
+            print(f"batch {row['batch']:3d}: {row['utterances']} utterances vs fairseq SequenceGenerator: {verdict}",
+                  flush=True)
     return results
+
+
+def compare_with_fairseq(decoder: TransformerDecoder, batch: dict, ours: list, args: argparse.Namespace,
+                         cfg: BeamSearchConfig) -> int:
+    """Decode `batch` with fairseq's `SequenceGenerator` (same weights, fp32, on the CPU) and
+    return how many utterances differ from `ours` (tokens of any hypothesis, or a score by more
+    than 1e-4); differences are logged."""
+    from tests.decoding.helpers import fairseq_generate
+
+    max_len = int(args.max_len_a * args.frames + args.max_len_b)  # every utterance has `frames` steps
+    cpu = {k: v.detach().float().cpu() for k, v in batch.items()}
+    ref = fairseq_generate(copy.deepcopy(decoder).float().cpu(), cpu, args.vocab, 768, cfg, max_len=max_len)
+    mismatches = 0
+    for i, (hyps, ref_hyps) in enumerate(zip(ours, ref)):
+        same = [h.tokens.tolist() for h in hyps] == [r["tokens"].tolist() for r in ref_hyps] and all(
+            abs(h.score - float(r["score"])) <= 1e-4 for h, r in zip(hyps, ref_hyps))
+        if not same:
+            mismatches += 1
+            logger.error("utterance %d: ours %s vs fairseq %s", i,
+                         [(h.tokens.tolist(), round(h.score, 5)) for h in hyps],
+                         [(r["tokens"].tolist(), round(float(r["score"]), 5)) for r in ref_hyps])
+    return mismatches
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -132,8 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"ctc_pre_beam={args.ctc_pre_beam} torch={torch.__version__}",
         flush=True,
     )
-    run(args)
-    return 0
+    results = run(args)
+    return 1 if any(row.get("ref_mismatches") for row in results) else 0
 
 
 if __name__ == "__main__":
