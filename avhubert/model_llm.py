@@ -17,8 +17,11 @@ transcript tokens). Decoding: `avhubert.llm_generation` (greedy / beam search, K
 Batches are laid out with the prefix LEFT-padded and the transcript right-padded, so that every
 row's transcript starts at the same position; positions count only real tokens
 (`cumsum(attention_mask) - 1`), so padding and batch composition do not change any row.
-Checkpoints hold the whole state (encoder, projector, LM with its LoRA layers); reloading reads
-only the LM's config and tokenizer from `llm_path` besides.
+LoRA on the encoder as well (`model.lora_r > 0`, `avhubert.lora`, as for the seq2seq and CTC models):
+then checkpoints hold only what trained (adapters, projector) and the sha256 of `w2v_path`; the frozen
+encoder comes from `w2v_path` and the frozen LM weights from `llm_path` when they load. Without it,
+checkpoints hold the whole state (encoder, projector, LM with its LoRA layers), and reloading still
+reads the LM from `llm_path` (its config and tokenizer are needed).
 """
 
 import logging
@@ -33,7 +36,8 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from .config_fields import config_field as _f
-from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder
+from .lora import AdapterCheckpointMixin
+from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder, setup_lora
 from .modules.llm_bridge import Projector, dedup_frames, lengths_to_padding_mask, stack_frames
 
 logger = logging.getLogger(__name__)
@@ -153,7 +157,7 @@ def check_lora_targets(model: nn.Module, targets: List[str], what: str = "model.
 
 
 @register_model("av_hubert_llm", dataclass=AVHubertLlmConfig)
-class AVHubertLlm(BaseFairseqModel):
+class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
     """AV-HuBERT encoder + projector + causal LM. `forward(source, padding_mask, target,
     target_lengths)` -> {"logits" [B, U, V] for each target position, "target" [B, U] (IGNORE_INDEX
     at padding)}."""
@@ -199,12 +203,16 @@ class AVHubertLlm(BaseFairseqModel):
                 p.requires_grad_(False)
         self.llm = llm
         self.max_positions_llm = int(getattr(llm.config, "max_position_embeddings", 0) or 0)
+
+    def describe(self) -> str:
+        """Trainable / total parameters and what trains, for the log."""
+        cfg = self.cfg
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        logger.info("av_hubert_llm: %s trainable of %s parameters (%.2f %%): encoder %s, LM %s",
-                    f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
-                    "frozen" if cfg.freeze_encoder else "trained",
-                    f"LoRA r={cfg.llm_lora_r}" if cfg.llm_lora_r > 0 else ("frozen" if cfg.llm_freeze else "trained"))
+        encoder = f"LoRA r={cfg.lora_r}" if getattr(cfg, "lora_r", 0) > 0 else "frozen" if cfg.freeze_encoder else "trained"
+        lm = f"LoRA r={cfg.llm_lora_r}" if cfg.llm_lora_r > 0 else "frozen" if cfg.llm_freeze else "trained"
+        return (f"av_hubert_llm: {trainable:,} trainable of {total:,} parameters ({100.0 * trainable / max(total, 1):.2f} %): "
+                f"encoder {encoder}, LM {lm}")
 
     @classmethod
     def build_model(cls, cfg: AVHubertLlmConfig, task: Any) -> "AVHubertLlm":
@@ -213,6 +221,8 @@ class AVHubertLlm(BaseFairseqModel):
         llm, tokenizer = load_causal_lm(cfg.llm_path)
         w2v = build_pretrained_encoder(cfg, task)
         model = cls(cfg, HubertEncoderWrapper(w2v, cfg), llm, tokenizer)
+        setup_lora(model, w2v, cfg)  # model.lora_r > 0: LoRA on the encoder too (avhubert/lora.py)
+        logger.info("%s", model.describe())
         if hasattr(task, "set_text_codec"):
             task.set_text_codec(model.codec)
         return model

@@ -229,3 +229,48 @@ def test_task_hook_uses_the_lm_tokenizer(lm_dir, tmp_path):
     assert isinstance(task.build_generator([model], gen), LlmGenerator)
     with pytest.raises(ValueError, match="does not apply to av_hubert_llm"):
         task.build_generator([model], gen, extra_gen_cls_kwargs={"lm_model": object()})
+
+
+def test_encoder_lora_trains_and_checkpoints_hold_only_what_trained(lm_dir, tmp_path):
+    """model.lora_r > 0 (avhubert/lora.py) on top of a frozen encoder: the encoder's adapters get gradients,
+    the state dict leaves out every frozen weight (encoder and LM) and loads back into a rebuilt model."""
+    from avhubert.lora import BASE_DIGEST_KEY
+    from avhubert.model_asr import setup_lora
+
+    base = tmp_path / "base.pt"
+    base.write_bytes(b"stand-in for the pre-trained checkpoint (only its sha256 is read)")
+
+    def build():
+        model = tiny_llm_model(lm_dir[0], llm_lora_r=4, lora_r=2, w2v_path=str(base))
+        setup_lora(model, model.encoder.w2v_model, model.cfg)
+        return model
+
+    model = build()
+    enc_lora = [n for n, p in model.encoder.named_parameters() if p.requires_grad and ".lora_" in n]
+    assert enc_lora and "trainable of" in model.describe() and "encoder LoRA r=2" in model.describe()
+    texts = ["five two", "one", "go stop six"]
+    ids = [model.codec(t) for t in texts]
+    target = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=model.codec.pad)
+    sample = audio_sample(target=(target, torch.tensor([len(i) for i in ids])))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)  # nonzero B: gradients reach the A matrices too
+    model.train()
+    loss, _, _ = LlmCriterion(Namespace(), sentence_avg=True)(model, sample)
+    loss.backward()
+    grads = dict(model.encoder.named_parameters())
+    assert all(grads[n].grad is not None and grads[n].grad.abs().sum() > 0 for n in enc_lora)
+    state = model.state_dict()
+    frozen_llm = [k for k in state if k.startswith("llm.") and ".lora_" not in k]
+    # the tied output projection (the frozen embeddings' second name) stays: avhubert.lora's
+    # frozen_parameter_names lists a shared parameter once
+    assert BASE_DIGEST_KEY in state and frozen_llm == ["llm.base_model.model.lm_head.weight"]
+    assert model.lm.config.tie_word_embeddings
+    assert set(k for k in state if k.startswith("projector.")) == {f"projector.{k}" for k in model.projector.state_dict()}
+    model.eval()
+    again = build()
+    again.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        a = _gen(model, sample, 2)
+        b = _gen(again, sample, 2)
+    _same(a, b)
