@@ -1,13 +1,14 @@
 """Criterion `av_hubert_classification`: cross-entropy (optional label smoothing) over utterance classes.
 
 NEW (no reference counterpart), for `av_hubert_classifier`. Logged: `loss` (base 2, per utterance),
-`nll_loss`, `accuracy` and `top{k}_accuracy` (%, k = `report_top_k`). In evaluation mode every item's
-(target, prediction) pair is logged too; they sum into a confusion matrix over the validation set
-(all ranks: the logging outputs are gathered, not summed). At the end of each validation pass
+`nll_loss`, `accuracy` and `top{k}_accuracy` (%, k = `report_top_k`). In evaluation mode each batch
+also logs its `[N, N]` confusion counts, which sum over the validation set and the ranks like the
+scalars (fairseq's summed statistics sync, which also works on CPU with gloo). At the end of each validation pass
 (`post_validate`, called by the task) the rank-0 process writes into `report_dir` (default the
 checkpoint dir): `classification/valid_per_class.json` (per-class accuracy and counts),
-`classification/valid_confusion.tsv` (counts, rows = target) and `classification/valid_confusion.png`, and adds the image to TensorBoard (`tensorboard_dir`,
-default `common.tensorboard_logdir`, under `valid/confusion`).
+`classification/valid_confusion.tsv` (counts, rows = target) and `classification/valid_confusion.png`,
+and adds the image to TensorBoard (`tensorboard_dir`, default `common.tensorboard_logdir`, under
+`valid/confusion`).
 """
 
 import json
@@ -35,8 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ClassificationCriterionConfig", "ClassificationCriterion", "confusion_matrix", "per_class_accuracy",
            "plot_confusion"]
 
-PAIRS_KEY = "_pairs"  # logging-output key of the (target, prediction) pairs (evaluation only)
-CONFUSION_KEY = "_confusion"  # summed [N, N] matrix in the metrics aggregator (rows: target, cols: prediction)
+CONFUSION_KEY = "_confusion"  # summed [N, N] int64 tensor in the metrics aggregator (rows: target, cols: prediction)
 
 
 @dataclass
@@ -48,11 +48,10 @@ class ClassificationCriterionConfig(FairseqDataclass):
     max_plot_classes: int = _f(60, "confusion-matrix PNG: label the axes with class names up to this many classes")
 
 
-def confusion_matrix(targets: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
-    """`[N, N]` int64 counts; row = target class, column = predicted class."""
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(targets, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
-    return m
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`[N, N]` int64 counts of class indices `[B]`; row = target class, column = predicted class."""
+    pairs = targets.long() * num_classes + predictions.long()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: np.ndarray, names: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -118,18 +117,18 @@ class ClassificationCriterion(FairseqCriterion):
         topk = logits.topk(k, dim=-1).indices  # [B, k]
         pred = topk[:, 0]
         n = target.numel()
+        num_classes = logits.shape[1]
         log: Dict[str, Any] = {
             "loss": loss.detach(), "nll_loss": nll.detach(), "ntokens": n, "nsentences": n, "sample_size": n,
-            "correct": (pred == target).sum().detach(), "correct_topk": (topk == target[:, None]).any(-1).sum().detach(),
-            "_topk": k, "_num_classes": logits.shape[1],
+            "correct": (pred == target).sum().detach(), f"correct_top{k}": (topk == target[:, None]).any(-1).sum().detach(),
         }
-        if not model.training:
-            log[PAIRS_KEY] = torch.stack([target, pred], dim=1).cpu().numpy().astype(np.int32)
+        if not model.training:  # [N, N] counts: summed over batches and ranks like the scalars
+            log[CONFUSION_KEY] = confusion_matrix(target.detach(), pred.detach(), num_classes)
         return loss, n, log
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
-        return False  # the evaluation pairs are gathered across ranks, not summed
+        return True  # every value (the confusion matrix too) sums over batches and ranks
 
     @classmethod
     def reduce_metrics(cls, logging_outputs: List[Dict[str, Any]]) -> None:
@@ -140,15 +139,17 @@ class ClassificationCriterion(FairseqCriterion):
         metrics.log_scalar("loss", total("loss") / max(n, 1) / math.log(2), n, round=3)
         metrics.log_scalar("nll_loss", total("nll_loss") / max(n, 1) / math.log(2), n, round=3)
         metrics.log_scalar_sum("_correct", total("correct"))
-        metrics.log_scalar_sum("_correct_topk", total("correct_topk"))
         metrics.log_scalar_sum("_total", n)
         metrics.log_derived("accuracy", lambda m: round(100.0 * m["_correct"].sum / max(m["_total"].sum, 1), 3))
-        k = int(logging_outputs[0].get("_topk", 5)) if logging_outputs else 5
-        metrics.log_derived(f"top{k}_accuracy", lambda m: round(100.0 * m["_correct_topk"].sum / max(m["_total"].sum, 1), 3))
-        pairs = [log[PAIRS_KEY] for log in logging_outputs if PAIRS_KEY in log]
-        if pairs:
-            both = np.concatenate(pairs)
-            metrics.log_scalar_sum(CONFUSION_KEY, confusion_matrix(both[:, 0], both[:, 1], int(logging_outputs[0]["_num_classes"])))
+        topk_keys = [key for key in (logging_outputs[0] if logging_outputs else {}) if key.startswith("correct_top")]
+        for key in topk_keys:  # `correct_top{k}` -> `top{k}_accuracy`
+            metrics.log_scalar_sum("_" + key, total(key))
+            metrics.log_derived(key[len("correct_"):] + "_accuracy",
+                                lambda m, key=key: round(100.0 * m["_" + key].sum / max(m["_total"].sum, 1), 3))
+        confusions = [log[CONFUSION_KEY] for log in logging_outputs if CONFUSION_KEY in log]
+        if confusions:
+            # a tensor, not an array: fairseq saves the "valid" meters in checkpoints, whose loader admits tensors only
+            metrics.log_scalar_sum(CONFUSION_KEY, torch.stack([c.detach().cpu().double() for c in confusions]).sum(0))
 
     # ------------------------------------------------------------------ end-of-validation report
     def class_names(self) -> List[str]:
@@ -159,9 +160,9 @@ class ClassificationCriterion(FairseqCriterion):
         """Write the per-class accuracy JSON and the confusion PNG (+ TensorBoard image) of the pass
         just aggregated in `agg`; rank 0 only. Returns the report (or None when nothing was logged)."""
         meter = agg.get(CONFUSION_KEY) if CONFUSION_KEY in agg.keys() else None
-        if meter is None or not isinstance(meter.sum, np.ndarray):
+        if meter is None or not torch.is_tensor(meter.sum):
             return None
-        confusion = meter.sum
+        confusion = meter.sum.round().long().numpy()
         names = self.class_names()
         if len(names) != confusion.shape[0]:
             raise ValueError(f"dict.lbl.txt has {len(names)} classes but the model predicts {confusion.shape[0]}")

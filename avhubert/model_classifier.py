@@ -2,8 +2,9 @@
 
 NEW (no reference counterpart). A pre-trained AV-HuBERT encoder (`model.w2v_path`, loaded by the
 fine-tuning models' `build_pretrained_encoder`, frozen for `freeze_finetune_updates` updates as
-they are), pooled over time (masked mean or attention pooling, `model.pooling`), then dropout and
-one linear layer over the N classes of `dict.lbl.txt` (the task's `labels: [lbl]`).
+they are, or with LoRA adapters on its frozen weights: `model.lora_r`, `avhubert/lora.py`), pooled over
+time (masked mean or attention pooling, `model.pooling`), then dropout and one linear layer over the N
+classes of `dict.lbl.txt` (the task's `labels: [lbl]`).
 Keys: `encoder.w2v_model.*` (as `av_hubert_seq2seq`), `pool.*` (attention only), `classifier.*`.
 """
 
@@ -17,7 +18,8 @@ from fairseq.models import BaseFairseqModel, register_model
 from torch import nn
 
 from .config_fields import config_field as _f
-from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder
+from .lora import AdapterCheckpointMixin
+from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder, setup_lora
 
 __all__ = ["AVHubertClassifierConfig", "AVHubertClassifier", "TimePooling", "POOLING_CHOICES"]
 
@@ -56,7 +58,7 @@ class TimePooling(nn.Module):
 
 
 @register_model("av_hubert_classifier", dataclass=AVHubertClassifierConfig)
-class AVHubertClassifier(BaseFairseqModel):
+class AVHubertClassifier(AdapterCheckpointMixin, BaseFairseqModel):
     """Encoder -> time pooling -> dropout (`final_dropout`) -> linear over the classes.
 
     `forward(source, padding_mask)` returns `{"logits": [B, N], "padding_mask": [B, T] or None}`.
@@ -83,7 +85,9 @@ class AVHubertClassifier(BaseFairseqModel):
             raise ValueError("av_hubert_classifier needs a fine-tuning task with class labels "
                              "(task.fine_tuning=true, task.labels=[lbl], dict.lbl.txt)")
         w2v = build_pretrained_encoder(cfg, task)
-        return cls(HubertEncoderWrapper(w2v, cfg), cfg, len(tgt) - tgt.nspecial)
+        model = cls(HubertEncoderWrapper(w2v, cfg), cfg, len(tgt) - tgt.nspecial)
+        setup_lora(model, w2v, cfg)  # model.lora_r > 0: adapters on the frozen encoder, adapter-only checkpoints
+        return model
 
     @property
     def num_classes(self) -> int:

@@ -122,7 +122,7 @@ def test_unknown_class_names_the_file_and_line(cls_data, tmp_path):
 
 
 def test_confusion_and_per_class_accuracy():
-    m = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 0], 4)
+    m = confusion_matrix(torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 0, 0]), 4).numpy()
     assert m.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [2, 0, 1, 0], [0, 0, 0, 0]]
     acc = per_class_accuracy(m, ["a", "b", "c", "d"])
     assert acc == {"a": {"accuracy": 50.0, "count": 2, "top_confusion": "b"},
@@ -174,12 +174,24 @@ def test_criterion_accuracy_topk_smoothing_and_report(tmp_path):
     assert list((tmp_path / "tb").rglob("events.*"))
 
 
-def test_training_mode_logs_no_pairs():
+def test_logging_outputs_sum_like_fairseq_distributed_sync():
+    """Summed key by key (fairseq's statistics sync across ranks), the logs give the same metrics."""
     d = Dictionary()
     for n in ("a", "b", "c"):
         d.add_symbol(n)
-    crit = ClassificationCriterion(SimpleNamespace(target_dictionary=d))
+    crit = ClassificationCriterion(SimpleNamespace(target_dictionary=d), report_top_k=2)
+    assert crit.logging_outputs_can_be_summed()
+    logs = [crit(_Fixed(fixed_tensor([4, 3], phase=p)).eval(), {"net_input": {}, "target": torch.tensor([[0], [1], [2], [1]])})[2]
+            for p in (0.0, 1.0)]
+    summed = {k: sum(torch.as_tensor(log[k]).double() for log in logs) for k in logs[0]}
+    results = []
+    for outputs in (logs, [summed]):
+        with metrics.aggregate(new_root=True) as agg:
+            crit.reduce_metrics(outputs)
+            results.append((agg.get_smoothed_values(), agg["_confusion"].sum))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+    assert results[0][1].sum() == 8
     _, n, log = crit(_Fixed(torch.zeros(2, 3)).train(), {"net_input": {}, "target": torch.tensor([[0], [1]])})
-    assert n == 2 and "_pairs" not in log
+    assert n == 2 and "_confusion" not in log  # training steps carry no matrix
     with pytest.raises(ValueError, match="label_smoothing"):
         ClassificationCriterion(SimpleNamespace(target_dictionary=d), label_smoothing=1.0)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from avdata.manifest import read_manifest, resolve
 from tests.conftest import run_cli
@@ -98,3 +99,15 @@ def test_two_process_cpu_training_gathers_the_validation(bin_dir, repo, cls_data
     report = json.loads((tmp_path / "ckpt" / "classification" / "valid_per_class.json").read_text())
     assert sum(c["count"] for c in report["per_class"].values()) == n_valid
     assert (tmp_path / "ckpt" / "checkpoint_best.pt").is_file()
+
+
+def test_lora_classifier_saves_adapters_and_heads_and_classifies(bin_dir, repo, cls_data, pretrained, tmp_path):
+    hydra_train(bin_dir, repo, "classify", "tiny", tmp_path, f"task.data={cls_data}", f"task.label_dir={cls_data}",
+                f"model.w2v_path={pretrained}", "model.lora_r=2", "optimization.max_update=3", "dataset.disable_validation=true")
+    ckpt = tmp_path / "ckpt" / "checkpoint_last.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+    assert "lora_base_sha256" in state and {"classifier.weight", "classifier.bias"} <= set(state)
+    assert any(".lora_A." in k for k in state) and not any(k.endswith("q_proj.base_layer.weight") for k in state)
+    root, rows = read_manifest(cls_data / "valid.tsv")
+    proc = run_cli([sys.executable, "-m", "avhubert.classify", resolve(root, rows[0].audio), "--checkpoint", str(ckpt), "--top-k", "1"])
+    assert "(audio): " in proc.stdout
