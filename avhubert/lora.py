@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LoraTargetError", "LoraBaseError", "BaseReference", "SUPPORTED_TYPES", "match_targets", "apply_lora",
            "parameter_counts", "parameter_report", "frozen_parameter_names", "lora_state_dict", "merge_lora",
-           "has_lora", "file_sha256", "AdapterCheckpointMixin", "BASE_DIGEST_KEY"]
+           "has_lora", "file_sha256", "require_base_file", "AdapterCheckpointMixin", "BASE_DIGEST_KEY"]
 
 # module types peft's LoRA wraps (peft also knows MultiheadAttention and transformers' Conv1D; not used here)
 SUPPORTED_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -278,7 +278,7 @@ class AdapterCheckpointMixin:
         frozen = set(frozen_parameter_names(self))  # type: ignore[arg-type]
         result = super().load_state_dict(given, False, *args, **kwargs)  # type: ignore[misc]
         missing = [k for k in result.missing_keys if k not in frozen]
-        unexpected = [k for k in result.unexpected_keys]
+        unexpected = list(result.unexpected_keys)
         if strict and (missing or unexpected):
             raise RuntimeError(
                 f"LoRA state dict does not fit the model: missing keys {missing[:_LIST_AT_MOST]}"
