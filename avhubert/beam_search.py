@@ -28,6 +28,14 @@ LM sees the same prefix as the decoder (starting with bos) and keeps an incremen
 is reordered with the beams (fairseq recomputes the LM on the whole prefix every step: same
 numbers, quadratic cost). With joint CTC the LM term is added to the joint score
 (`(1 - ctc_weight) * att + ctc_weight * ctc + lm_weight * lm`, ESPnet's weighting).
+
+Speed: our `TransformerDecoder` (eval mode) is stepped through its beam cache
+(`init_beam_cache` / `beam_step` / `reorder_beam_cache`): keys/values are written once in place
+and never copied when beams are reordered, encoder keys/values are projected once per utterance
+(not per beam), q/k/v are one product with pre-transposed weights. Other decoders go through the
+`IncrementalDecoder` protocol (a dict cache reordered row by row). Finished hypotheses stay on the
+device until the end; the host waits for the device once per step (to stop, and to drop finished
+utterances), so the search does not stall a GPU on bookkeeping.
 """
 
 import inspect

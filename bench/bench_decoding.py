@@ -4,8 +4,9 @@ Builds `avhubert.modules.decoder.TransformerDecoder` with the Base fine-tuning s
 768, FFN 3072, 4 heads, pre-LN, shared embeddings, vocabulary 1000), random weights, and decodes
 random 768-d encoder outputs of `--frames` steps (75 = 3 s at 25 Hz) with
 `avhubert.beam_search.beam_search` at each `--batch-sizes`. Prints, per batch size, seconds per
-batch, utterances/s, generated tokens/s (best hypotheses) and peak memory (process max RSS on
-CPU, which never decreases across batch sizes; max allocated on CUDA).
+batch (and the process's CPU seconds per batch, steadier than wall time on a shared machine),
+utterances/s, generated tokens/s (best hypotheses) and peak memory (process max RSS on CPU, which
+never decreases across batch sizes; max allocated on CUDA).
 
 Random weights almost never produce eos, so every hypothesis runs to its length limit
 `int(max_len_a * frames + max_len_b)`: with the default `--max-len-a 1.0 --max-len-b 0`
@@ -115,20 +116,22 @@ def run(args: argparse.Namespace) -> List[dict]:
             torch.cuda.reset_peak_memory_stats(device)
         tokens = 0
         outputs = []
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for batch, ctc in batches:
             out = beam_search(decoder, batch, eos=EOS, pad=PAD, unk=UNK, config=cfg, ctc_log_probs=ctc)
             tokens += sum(len(hyps[0].tokens) for hyps in out)
             outputs.append(out)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         utts = n_batches * bsz
         row = dict(batch=bsz, utterances=utts, seconds=elapsed, seconds_per_batch=elapsed / n_batches,
+                   cpu_seconds_per_batch=cpu / n_batches,
                    utt_per_s=utts / elapsed, best_tokens_per_s=tokens / elapsed, mean_best_len=tokens / utts,
                    peak_mb=peak_memory_mb(device))
         print(
-            f"batch {bsz:3d}: {row['seconds_per_batch']:7.3f} s/batch ({n_batches} batches), "
+            f"batch {bsz:3d}: {row['seconds_per_batch']:7.3f} s/batch ({n_batches} batches; process CPU "
+            f"{row['cpu_seconds_per_batch']:.3f} s/batch), "
             f"{row['utt_per_s']:7.2f} utt/s, {row['best_tokens_per_s']:8.1f} tokens/s "
             f"(best hypotheses, mean length {row['mean_best_len']:.1f}), peak memory {row['peak_mb']:.0f} MiB",
             flush=True,

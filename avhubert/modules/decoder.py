@@ -358,6 +358,7 @@ class BeamCache:
     """
 
     beam: int
+    weights: "_StepWeights"  # the decoder's step weights when the search started
     enc_k: List[Tensor]  # per layer [n, H, T, D/H]
     enc_v: List[Tensor]
     enc_mask: Optional[Tensor]  # [n, 1, 1, T], True = attend; None: no padding mask given
@@ -606,7 +607,7 @@ class TransformerDecoder(nn.Module):
             raise ValueError("encoder_out['encoder_out'] is required (encoder attention)")
         n = enc.size(1)
         enc_bt = enc.transpose(0, 1)  # [B, T, C]
-        self._step_weights()  # built (or checked) here, not inside the first step
+        weights = self._step_weights()
         enc_k, enc_v, self_k, self_v = [], [], [], []
         capacity = max(1, max_steps if max_steps is not None else 32)
         for layer in self.layers:
@@ -618,7 +619,7 @@ class TransformerDecoder(nn.Module):
             self_k.append(k.new_empty(shape))
             self_v.append(k.new_empty(shape))
         enc_mask = None if mask is None else ~mask[:, None, None, :]
-        return BeamCache(beam=beam, enc_k=enc_k, enc_v=enc_v, enc_mask=enc_mask, self_k=self_k, self_v=self_v,
+        return BeamCache(beam=beam, weights=weights, enc_k=enc_k, enc_v=enc_v, enc_mask=enc_mask, self_k=self_k, self_v=self_v,
                          origin=torch.zeros(n * beam, 0, dtype=torch.long, device=enc.device),
                          slots=torch.arange(beam, device=enc.device))
 
@@ -635,7 +636,7 @@ class TransformerDecoder(nn.Module):
             )
         if rows != cache.origin.size(0):
             raise ValueError(f"beam_step got {rows} rows, the cache has {cache.origin.size(0)}")
-        weights = self._step_weights()
+        weights = cache.weights
         x = self._embed(prev_output_tokens, incremental=True)[:, 0]  # [N, D]
         mask = cache._begin_step()
         for index, (layer, w) in enumerate(zip(self.layers, weights.layers)):
