@@ -18,8 +18,12 @@ in batches of `--batch` in this one process and prints:
   per-worker CPU rate.
 
 `--repo PATH` imports the project from another checkout (e.g. a `git worktree` of an older
-commit) for A/B runs of the same script in one sitting. Example:
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_loading.py --codec mp4v
+commit) for A/B runs of the same script in one sitting; alternate the runs, the machine's load
+moves the numbers by +-20 %. Examples:
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_loading.py --codec mp4v --workers 1
+    git worktree add /tmp/base 8cea09d
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_loading.py --repo /tmp/base --corpus /tmp/clips
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_loading.py --corpus /tmp/clips
 """
 
 import argparse
