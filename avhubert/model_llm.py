@@ -17,13 +17,13 @@ transcript tokens). Decoding: `avhubert.llm_generation` (greedy / beam search, K
 Batches are laid out with the prefix LEFT-padded and the transcript right-padded, so that every
 row's transcript starts at the same position; positions count only real tokens
 (`cumsum(attention_mask) - 1`), so padding and batch composition do not change any row.
+Checkpoints leave out the LM's frozen weights (LoRA on the LM, or a frozen LM) and store a digest of
+the weights files in `llm_path` instead, checked when they load (`llm_path` must stay where it was).
 LoRA on the encoder as well (`model.lora_r > 0`, `avhubert.lora`, as for the seq2seq and CTC models):
-then checkpoints hold only what trained (adapters, projector) and the sha256 of `w2v_path`; the frozen
-encoder comes from `w2v_path` and the frozen LM weights from `llm_path` when they load. Without it,
-checkpoints hold the whole state (encoder, projector, LM with its LoRA layers), and reloading still
-reads the LM from `llm_path` (its config and tokenizer are needed).
+then the frozen encoder weights are left out too, with the sha256 of `w2v_path`.
 """
 
+import hashlib
 import logging
 import os
 import re
@@ -36,17 +36,19 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from .config_fields import config_field as _f
-from .lora import AdapterCheckpointMixin
+from .lora import AdapterCheckpointMixin, BaseReference, _digest_hex, _digest_tensor, file_sha256
 from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder, setup_lora
 from .modules.llm_bridge import Projector, dedup_frames, lengths_to_padding_mask, stack_frames
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AVHubertLlmConfig", "AVHubertLlm", "LlmTextCodec", "LlmPathError", "load_causal_lm", "check_lora_targets",
-           "SPEECH_PLACEHOLDER", "IGNORE_INDEX"]
+           "llm_weights_sha256", "SPEECH_PLACEHOLDER", "IGNORE_INDEX", "LLM_DIGEST_KEY"]
 
 SPEECH_PLACEHOLDER = "{speech}"
 IGNORE_INDEX = -100  # target positions without a token (padding)
+LLM_DIGEST_KEY = "llm_base_sha256"  # state-dict entry: digest of the LM weights a checkpoint left out
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SPECIAL_IN_PROMPT = re.compile(r"<\|[^|<>]+\|>|</?s>|<unk>|<pad>|<bos>|<eos>|\[[A-Z_]+\]")
 
 
@@ -129,6 +131,14 @@ def load_causal_lm(path: str, weights: bool = True) -> Tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def llm_weights_sha256(path: str) -> str:
+    """sha256 over the sha256 of every weights file of the LM folder (sorted by name)."""
+    names = sorted(n for n in os.listdir(path) if n.endswith(_WEIGHT_SUFFIXES))
+    if not names:
+        raise LlmPathError(f"model.llm_path={path!r} holds no weights file (*.safetensors, *.bin)")
+    return hashlib.sha256("".join(f"{n}:{file_sha256(os.path.join(path, n))};" for n in names).encode()).hexdigest()
+
+
 def split_prompt(prompt: str, tokenizer: Any, path: str = "") -> Tuple[str, str]:
     """(text before, text after) the `{speech}` placeholder; checks the tokenizer has an eos token
     and every special token the prompt spells out. Raises LlmPathError."""
@@ -203,6 +213,41 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
                 p.requires_grad_(False)
         self.llm = llm
         self.max_positions_llm = int(getattr(llm.config, "max_position_embeddings", 0) or 0)
+        self.llm_base: Optional[BaseReference] = None  # set: checkpoints leave out the frozen LM weights
+
+    # ------------------------------------------------------------- checkpoints without the frozen LM
+    def reference_llm_base(self) -> None:
+        """Leave the frozen LM weights out of `state_dict()` from now on (they load from `llm_path`, whose
+        weights digest is saved instead and checked on load). For LoRA on the LM or a frozen LM."""
+        self.llm_base = BaseReference(self.cfg.llm_path, llm_weights_sha256(self.cfg.llm_path))
+
+    def _frozen_llm_keys(self, prefix: str = "") -> List[str]:
+        """State-dict keys of the LM's frozen parameters, every name of a shared (tied) one included."""
+        return [f"{prefix}llm.{k}" for k, v in self.llm.state_dict(keep_vars=True).items()
+                if isinstance(v, nn.Parameter) and not v.requires_grad]
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if self.llm_base is not None:
+            for key in self._frozen_llm_keys(prefix):
+                out.pop(key, None)
+            out[prefix + LLM_DIGEST_KEY] = _digest_tensor(self.llm_base.sha256)
+        return out
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, *args: Any, **kwargs: Any) -> Any:
+        given = dict(state_dict)
+        if LLM_DIGEST_KEY in given:
+            saved = _digest_hex(given.pop(LLM_DIGEST_KEY))
+            current = self.llm_base.sha256 if self.llm_base is not None else llm_weights_sha256(self.cfg.llm_path)
+            if saved != current:
+                raise LlmPathError(
+                    f"the LM weights in model.llm_path={self.cfg.llm_path!r} are not the ones this checkpoint was "
+                    f"trained on (weights digest {current}, the checkpoint's {saved}): the checkpoint holds only the "
+                    "trained LM parameters; point model.llm_path at the original LM folder")
+            own = self.llm.state_dict()
+            for key in self._frozen_llm_keys():
+                given.setdefault(key, own[key[len("llm."):]])
+        return super().load_state_dict(given, strict, *args, **kwargs)
 
     def describe(self) -> str:
         """Trainable / total parameters and what trains, for the log."""
@@ -222,6 +267,8 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
         w2v = build_pretrained_encoder(cfg, task)
         model = cls(cfg, HubertEncoderWrapper(w2v, cfg), llm, tokenizer)
         setup_lora(model, w2v, cfg)  # model.lora_r > 0: LoRA on the encoder too (avhubert/lora.py)
+        if cfg.llm_lora_r > 0 or cfg.llm_freeze:
+            model.reference_llm_base()
         logger.info("%s", model.describe())
         if hasattr(task, "set_text_codec"):
             task.set_text_codec(model.codec)
@@ -313,6 +360,8 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
         return None
 
     def merge_lora(self) -> None:
-        """Fold the LM's LoRA adapters into its weights (export; the state-dict keys become the plain LM's)."""
+        """Fold the LM's LoRA adapters into its weights (export; the state-dict keys become the plain LM's,
+        and it holds every LM weight again)."""
         if hasattr(self.llm, "merge_and_unload"):
             self.llm = self.llm.merge_and_unload()
+        self.llm_base = None

@@ -263,7 +263,7 @@ def test_encoder_lora_trains_and_checkpoints_hold_only_what_trained(lm_dir, tmp_
     state = model.state_dict()
     frozen_llm = [k for k in state if k.startswith("llm.") and ".lora_" not in k]
     # the tied output projection (the frozen embeddings' second name) stays: avhubert.lora's
-    # frozen_parameter_names lists a shared parameter once
+    # frozen_parameter_names lists a shared parameter once (build_model also drops it: reference_llm_base)
     assert BASE_DIGEST_KEY in state and frozen_llm == ["llm.base_model.model.lm_head.weight"]
     assert model.lm.config.tie_word_embeddings
     assert set(k for k in state if k.startswith("projector.")) == {f"projector.{k}" for k in model.projector.state_dict()}
@@ -274,3 +274,34 @@ def test_encoder_lora_trains_and_checkpoints_hold_only_what_trained(lm_dir, tmp_
         a = _gen(model, sample, 2)
         b = _gen(again, sample, 2)
     _same(a, b)
+
+
+def test_checkpoints_leave_out_the_frozen_lm_and_check_its_digest(lm_dir, tmp_path):
+    from avhubert.model_llm import LLM_DIGEST_KEY
+
+    model = tiny_llm_model(lm_dir[0], llm_lora_r=4)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    full = model.state_dict()
+    model.reference_llm_base()
+    state = model.state_dict()
+    kept = {k for k in state if k.startswith("llm.")}
+    assert LLM_DIGEST_KEY in state and kept and all(".lora_" in k for k in kept)  # tied lm_head left out too
+    assert sum(v.numel() for k, v in state.items() if k.startswith("llm.")) == _lora_params(model, 4)
+    sample = audio_sample()
+    want = _gen(model, sample, 2)
+    for saved in (state, full):  # adapter-only, and a full state dict (as saved before)
+        again = tiny_llm_model(lm_dir[0], llm_lora_r=4, seed=1)
+        again.reference_llm_base()
+        again.load_state_dict(saved, strict=True)
+        _same(want, _gen(again, sample, 2))
+    changed = tmp_path / "changed_lm"
+    shutil.copytree(lm_dir[0], changed)
+    lm, tok = load_causal_lm(str(changed))
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[0, 0] += 1.0
+    lm.save_pretrained(changed)
+    other = tiny_llm_model(changed, llm_lora_r=4)
+    with pytest.raises(LlmPathError, match="are not the ones this checkpoint was trained on"):
+        other.load_state_dict(state, strict=True)
