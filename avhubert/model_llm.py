@@ -10,7 +10,7 @@ The recipe of VSP-LLM (AV-HuBERT + LLaMA with LoRA) and of "Whisper encoder + Sm
 The LM is any `AutoModelForCausalLM` folder (`model.llm_path`: Llama, Qwen2, SmolLM, ...), read
 locally, never downloaded. Its own tokenizer encodes the transcripts: the model hands the task a
 `LlmTextCodec` at build time (`task.set_text_codec`) and the dataset then carries the LM's token
-ids. LoRA on the LM through `peft` (`llm_lora_r > 0`); with `llm_lora_r = 0` the LM is frozen
+ids. LoRA on the LM through `peft` (`llm_lora_r > 0`, `avhubert.lora.apply_lora`); with `llm_lora_r = 0` the LM is frozen
 (`llm_freeze=true`) or fully trained. Loss: criterion `av_hubert_llm` (cross-entropy on the
 transcript tokens). Decoding: `avhubert.llm_generation` (greedy / beam search, KV cache).
 
@@ -36,13 +36,13 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from .config_fields import config_field as _f
-from .lora import AdapterCheckpointMixin, BaseReference, _digest_hex, _digest_tensor, file_sha256
+from .lora import AdapterCheckpointMixin, BaseReference, _digest_hex, _digest_tensor, apply_lora, file_sha256, merge_lora
 from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder, setup_lora
 from .modules.llm_bridge import Projector, dedup_frames, lengths_to_padding_mask, stack_frames
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVHubertLlmConfig", "AVHubertLlm", "LlmTextCodec", "LlmPathError", "load_causal_lm", "check_lora_targets",
+__all__ = ["AVHubertLlmConfig", "AVHubertLlm", "LlmTextCodec", "LlmPathError", "load_causal_lm",
            "llm_weights_sha256", "SPEECH_PLACEHOLDER", "IGNORE_INDEX", "LLM_DIGEST_KEY"]
 
 SPEECH_PLACEHOLDER = "{speech}"
@@ -156,16 +156,6 @@ def split_prompt(prompt: str, tokenizer: Any, path: str = "") -> Tuple[str, str]
     return before, after
 
 
-def check_lora_targets(model: nn.Module, targets: List[str], what: str = "model.llm_lora_targets") -> None:
-    """Raise ValueError for a target that names no module (peft matches a name or its last parts)."""
-    names = [n for n, _ in model.named_modules() if n]
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
-            raise ValueError(f"{what}: {t!r} matches no module of the LM; module names include "
-                             f"{leaves[:12]} (e.g. {names[min(5, len(names) - 1)]!r})")
-
-
 @register_model("av_hubert_llm", dataclass=AVHubertLlmConfig)
 class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
     """AV-HuBERT encoder + projector + causal LM. `forward(source, padding_mask, target,
@@ -201,13 +191,8 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
         if cfg.freeze_encoder:
             for p in encoder.parameters():
                 p.requires_grad_(False)
-        if cfg.llm_lora_r > 0:
-            from peft import LoraConfig, get_peft_model
-
-            check_lora_targets(llm, list(cfg.llm_lora_targets))
-            lora = LoraConfig(r=cfg.llm_lora_r, lora_alpha=cfg.llm_lora_alpha, lora_dropout=cfg.llm_lora_dropout,
-                              target_modules=list(cfg.llm_lora_targets), bias="none")
-            llm = get_peft_model(llm, lora)  # freezes the LM's own weights
+        if cfg.llm_lora_r > 0:  # peft adapters in place (avhubert.lora); the LM's own weights freeze
+            apply_lora(llm, cfg.llm_lora_r, cfg.llm_lora_alpha, cfg.llm_lora_dropout, list(cfg.llm_lora_targets))
         elif cfg.llm_freeze:
             for p in llm.parameters():
                 p.requires_grad_(False)
@@ -277,8 +262,8 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
     # ------------------------------------------------------------- parts
     @property
     def lm(self) -> nn.Module:
-        """The causal LM to call (under peft: the base model with the LoRA layers injected)."""
-        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        """The causal LM (with its LoRA layers, if any)."""
+        return self.llm
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         return self.lm.get_input_embeddings()(tokens)
@@ -362,6 +347,5 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
     def merge_lora(self) -> None:
         """Fold the LM's LoRA adapters into its weights (export; the state-dict keys become the plain LM's,
         and it holds every LM weight again)."""
-        if hasattr(self.llm, "merge_and_unload"):
-            self.llm = self.llm.merge_and_unload()
+        merge_lora(self.llm)
         self.llm_base = None
