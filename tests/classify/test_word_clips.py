@@ -1,5 +1,6 @@
 """`demo.word_clips`: single-word clips cut from a tiny generated demo corpus (needs libespeak-ng)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,16 @@ def test_word_clips_of_a_tiny_corpus(tmp_path):
             samples, _ = read_wav_int16(wav)
             assert len(samples) == row.num_audio_samples == row.num_video_frames * AUDIO_SAMPLES_PER_FRAME
             assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 300  # speech, not the silence around it
+
+
+def test_word_demo_chance_and_report(tmp_path):
+    from demo.word_demo import chance_accuracy, report
+
+    (tmp_path / "train.lbl").write_text("go\ngo\nstop\n")
+    (tmp_path / "test.lbl").write_text("go\nstop\nstop\nup\n")
+    assert chance_accuracy(tmp_path) == 25.0
+    meta = {"clips": {"train": 3, "valid": 0, "test": 4}, "classes": 30, "frames_mean": 14.8}
+    text = report(tmp_path, {"pre-trained": {"audio": 90.0, "video": 40.5, "audio-visual": 91.25}}, 25.0, meta)
+    assert "| pre-trained | 90.0 | 40.5 | 91.2 |" in text and "chance (most frequent training word) 25.0%" in text
+    assert (tmp_path / "results.md").read_text() == text
+    assert json.loads((tmp_path / "results.json").read_text())["accuracy"]["pre-trained"]["video"] == 40.5
