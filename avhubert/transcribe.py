@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", default=None, help="fairseq language model for shallow fusion (seq2seq models)")
     p.add_argument("--lm-weight", type=float, default=0.0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows decoded together")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows decoded together (beam search reads the decoder weights once per step for all)")
     p.add_argument("--max-window", type=float, default=12.0, help="longest window in seconds")
     p.add_argument("--min-window", type=float, default=6.0, help="shortest window before a cut, in seconds")
     p.add_argument("--max-len-a", type=float, default=0.5, help="at most a * frames + b tokens per window")
