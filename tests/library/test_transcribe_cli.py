@@ -123,3 +123,28 @@ def test_two_minute_video_is_cut_into_windows(clips, s2s_ckpt, tmp_path):
     assert all(a["end"] == b["start"] for a, b in zip(segs, segs[1:]))
     # the model learnt one phrase per clip: each window says it (at least once)
     assert sum("good morning" in s["text"] for s in segs) >= 0.8 * len(segs)
+
+
+@pytest.mark.slow  # fairseq-train of a tiny language model
+def test_language_model_fusion(clips, s2s_ckpt, tmp_path):
+    from avhubert.language_model import prepare_lm_text, train_language_model
+    from tests.library.helpers import FIXTURES
+
+    text = tmp_path / "text.wrd"
+    text.write_text((TEXTS["car"] + "\n" + TEXTS["ast"] + "\n") * 20)
+    prepare_lm_text(text, FIXTURES / "spm_unigram100.model", tmp_path / "lm" / "text" / "train.txt")
+    lm = train_language_model(tmp_path / "lm" / "text", FIXTURES / "dict.wrd.txt", tmp_path / "lm" / "model",
+                              layers=1, dim=32, max_update=20, max_tokens=64, tokens_per_sample=32)
+    outs = {}
+    for name, extra in {"plain": [], "zero": ["--lm", str(lm)], "fused": ["--lm", str(lm), "--lm-weight", "0.5"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([str(clips["car"]), "--checkpoint", str(s2s_ckpt), "--output", str(out), *extra]) == 0
+        outs[name] = json.loads(out.read_text())["text"]
+    assert outs["zero"] == outs["plain"] == TEXTS["car"] and outs["fused"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(lm, bad / "lm.pt")
+    lines = (lm.parent / "dict.txt").read_text().splitlines()
+    (bad / "dict.txt").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(SystemExit, match="dictionary differs from the model's target dictionary"):
+        main([str(clips["car"]), "--checkpoint", str(s2s_ckpt), "--lm", str(bad / "lm.pt")])
