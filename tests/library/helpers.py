@@ -15,11 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from avdata.constants import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
 from avdata.ffmpeg import run_ffmpeg
 from tests.clustering.tiny_checkpoint import _as_dict, write_tiny_checkpoint
 
@@ -176,4 +174,4 @@ def wav_seconds(path: Path) -> float:
 
 
 __all__ = ["carphone", "astronaut", "speech", "astronaut_video", "mux", "build_tiny", "finetune_tiny",
-           "save_checkpoint", "wav_seconds", "AUDIO_SAMPLE_RATE_HZ", "VIDEO_FPS", "np"]
+           "save_checkpoint", "wav_seconds"]
