@@ -15,8 +15,8 @@ Output (`--output`, the format from its suffix): `.txt` (the text; `path<TAB>tex
 several inputs), `.json` (an object per input: text, segments with start/end seconds, the modality
 used, face-tracking figures; a list for several), `.jsonl` (one object per line), `.srt` / `.vtt`
 (subtitles of one input); a folder (`--output DIR/`) gets one `<name>.<--format>` per input.
-Without `--output` the text goes to stdout. A rerun skips inputs already in the output
-(`--overwrite` redoes them). A bad input gets one `error:` line and the others go on; the exit
+Without `--output` the text goes to stdout. A rerun skips inputs already in the output (a
+`.txt` / `.srt` / `.vtt` of one input: when it is newer than the input; `--overwrite` redoes them). A bad input gets one `error:` line and the others go on; the exit
 status is non-zero only when nothing could be transcribed.
 """
 
@@ -105,7 +105,7 @@ def render(records: List[Dict[str, Any]], fmt: str, single: bool) -> str:
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if fmt == "json":
-        return json.dumps(records[0] if single and records else records, indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(records[0] if single and len(records) == 1 else records, indent=2, ensure_ascii=False) + "\n"
     if fmt == "txt":
         if single:
             return "".join(r["text"] + "\n" for r in records)
@@ -174,7 +174,9 @@ class Output:
         if self.folder is not None:
             return self.item_path(video).is_file()
         if self.file is not None and self.records:
-            return self.single or any(r.get("path") == str(video) for r in self.records)
+            if self.records[0].get("path") is None:  # txt / srt / vtt of one input name no path
+                return self.file.stat().st_mtime >= video.stat().st_mtime
+            return any(r.get("path") == str(video) for r in self.records)
         return False
 
     def add(self, video: Path, record: Dict[str, Any], features: Any = None) -> None:

@@ -40,6 +40,13 @@ def test_folder_to_jsonl_then_rerun_skips(folder, s2s_ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert main([str(folder), "--checkpoint", str(s2s_ckpt), "--output", str(out)]) == 0
     assert "skipping 2 input(s) already in" in capsys.readouterr().err and out.read_text() == before
+    # a .json of one input is only "done" for that input
+    single = tmp_path / "one.json"
+    assert main([str(folder / "car.mp4"), "--checkpoint", str(s2s_ckpt), "--output", str(single), "--modality", "audio"]) == 0
+    assert main([str(folder / "sub" / "ast.mp4"), "--checkpoint", str(s2s_ckpt), "--output", str(single),
+                 "--modality", "audio"]) == 0
+    assert "skipping" not in capsys.readouterr().err
+    assert [r["path"].rsplit("/", 1)[-1] for r in json.loads(single.read_text())] == ["car.mp4", "ast.mp4"]
 
 
 def test_formats_by_suffix(clips, s2s_ckpt, tmp_path, capsys):
