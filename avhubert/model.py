@@ -98,6 +98,10 @@ class AVHubertOwnConfig(FairseqDataclass):
     modality_fuse: FUSION_CHOICES = _f("concat", "fusion of the two streams")
     selection_type: SELECTION_TYPE_CHOICES = _f("same_other_seq", "video input-masking substitution source")
     masking_type: MASKING_TYPE_CHOICES = _f("input", "mask raw inputs or fused features")
+    bf16_autocast: bool = _f(
+        False, "run the forward under torch.autocast(bfloat16) on the input's device, weights and optimizer "
+        "in fp32, logits returned in fp32 (for CPUs with native bf16; on GPUs fairseq's common.bf16 / amp)",
+    )
 
 
 @dataclass
@@ -108,6 +112,15 @@ class AVHubertConfig(DecoderConfigFields, AVHubertOwnConfig):
 
     decoder_dropout: float = _f(0.1, "unused by av_hubert (pre-training default 0.1)")
     decoder_attention_dropout: float = _f(0.1, "unused by av_hubert (pre-training default 0.1)")
+
+
+def _to_float(value: Any) -> Any:
+    """Floating tensors (also inside lists) of an autocast forward's output back in fp32."""
+    if isinstance(value, list):
+        return [_to_float(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+        return value.float()
+    return value
 
 
 def validate_config(cfg: AVHubertConfig) -> None:
@@ -173,6 +186,7 @@ class AVHubertModel(BaseFairseqModel):
         self.modality_fuse = str(cfg.modality_fuse)
         self.logit_temp, self.sim_type = cfg.logit_temp, str(cfg.sim_type)
         self.feature_grad_mult = cfg.feature_grad_mult
+        self.bf16_autocast = bool(getattr(cfg, "bf16_autocast", False))
 
         resnet = ResEncoder(relu_type=str(cfg.resnet_relu_type), width=cfg.resnet_width)
         if cfg.resnet_weights:
@@ -343,6 +357,12 @@ class AVHubertModel(BaseFairseqModel):
         Returns `logit_{m,u}_list`, `target_{m,u}_list`, `padding_mask`, `features_pen`, or with
         `features_only` `{x [B, T, D], padding_mask, features [B, T, D] (zeros at padded frames)}`.
         """
+        ref = source.get("audio") if source.get("audio") is not None else source.get("video")
+        if self.bf16_autocast and ref is not None and not torch.is_autocast_enabled(ref.device.type):
+            with torch.autocast(ref.device.type, dtype=torch.bfloat16):
+                out = self.forward(source, target_list, padding_mask, mask, features_only, output_layer,
+                                   mask_audio, mask_video, modality_drop)
+            return {k: _to_float(v) for k, v in out.items()}
         audio, video = source.get("audio"), source.get("video")
         mask_indices = None
         if mask and self.masking_type == "input":

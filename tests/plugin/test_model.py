@@ -202,3 +202,29 @@ def test_modality_drop_has_one_spelling_per_meaning():
     torch.manual_seed(0)
     x_sample = model({"audio": audio, "video": video}, None, pad, mask=False, features_only=True, modality_drop="sample")["x"]
     assert torch.equal(x, x_sample)  # the default is the reference's per-batch draw
+
+
+def test_bf16_autocast_option_returns_fp32_outputs_close_to_fp32():
+    """`model.bf16_autocast`: the forward runs under torch.autocast(bfloat16) (weights stay fp32),
+    logits and features come back in fp32, within bf16 rounding of the fp32 model's, and train."""
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    audio, video, pad = random_batch(lengths=[20, 14, 9])
+    targets = [torch.randint(0, 8, (3, 20))]
+    masks = {"mask_audio": torch.rand(3, 20) < 0.3, "mask_video": torch.rand(3, 20) < 0.3}
+    torch.manual_seed(1)  # the same video substitution draws in both forwards
+    want = model({"audio": audio, "video": video}, targets, pad, modality_drop="none", **masks)
+    model.bf16_autocast = True
+    torch.manual_seed(1)
+    got = model({"audio": audio, "video": video}, targets, pad, modality_drop="none", **masks)
+    for key in ("logit_m_list", "logit_u_list"):
+        for g, w in zip(got[key], want[key]):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g, w, atol=0.5, rtol=0.05)
+    assert not torch.equal(got["logit_m_list"][0], want["logit_m_list"][0])  # bf16 rounding: autocast ran
+    assert got["features_pen"].dtype == torch.float32
+    loss = sum(torch.nn.functional.cross_entropy(lg, t) for lg, t in zip(got["logit_m_list"], got["target_m_list"]))
+    loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+    feats, _ = model.extract_features({"audio": audio, "video": video}, pad)
+    assert feats.dtype == torch.float32
