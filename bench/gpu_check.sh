@@ -11,7 +11,8 @@
 # Steps: install the kit (fairseq-fixed builds in ~145 s), install this project (pip -e, no deps),
 # run `pytest -m gpu` (tests/gpu: fp16/bf16 pre-training + resume, Base config, fine-tuning, decoding,
 # clustering, models on CUDA; estimated 4-5 min on an H200, not yet measured), then, while the
-# BUDGET_S seconds last, the Base pre-training step benchmark on CUDA and the clean-exit tests.
+# BUDGET_S seconds last, the Base pre-training step benchmark on CUDA, bench/bench_gpu.py (per precision:
+# pre-training step and largest batch, seq2seq fine-tuning step, beam-5 decoding) and the clean-exit tests.
 # Writes under "$OUT" (default ./gpu_check_out; 8 files, the device tool's limit): env.txt,
 # install.log, pytest_gpu.log + junit_gpu.xml, bench_pretrain.log, pytest_cpu.log + junit_cpu.xml,
 # summary.txt. Exit status: that of pytest -m gpu.
@@ -59,6 +60,16 @@ if [ "$(left)" -gt 60 ]; then
   log "bench_pretrain --device cuda: exit $?: $(grep -E '^(train step|dataset)' "$OUT/bench_pretrain.log" | tr '\n' ' ')"
 else
   log "bench_pretrain skipped ($(left) s left)"
+fi
+
+# bench_gpu (issue 13): bf16 first (the target precision); its output goes into bench_pretrain.log
+# (8 files at most come back); it leaves 160 s for the clean-exit tests
+if [ "$(left)" -gt 220 ]; then
+  PYTHONUNBUFFERED=1 timeout "$(( $(left) - 160 ))" python3 bench/bench_gpu.py --dtypes bf16 fp16 fp32 --max-batch 256 \
+    >> "$OUT/bench_pretrain.log" 2>&1
+  log "bench_gpu: exit $?: $(grep -E '^(bf16|fp16|fp32)$|pre-training|decoding' "$OUT/bench_pretrain.log" | tr '\n' ' ' | cut -c1-600)"
+else
+  log "bench_gpu skipped ($(left) s left)"
 fi
 
 if [ "$(left)" -gt 150 ]; then
