@@ -4,6 +4,11 @@ Prints time per training step (forward + backward + Adam) of the Base config
 (`conf/pretrain/base_lrs3_iter5.yaml` model: 12 x 768, ResNet-18, input masking) on audio+video
 batches of 4 x 3 s (75 frames), and the dataset's loading rate (decode + features + collate)
 on generated 3 s clips. Run: `.venv/bin/python bench/bench_pretrain.py [--device cuda]`.
+`--bf16` sets the model's `bf16_autocast` (forward under torch.autocast(bfloat16)); `--dataset-clips 0`
+skips the loading benchmark. The step line names the allocator: fairseq trainers re-execute
+themselves with tcmalloc (avdata/fast_malloc.py); for this script preload it
+(`LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`) to time the same step.
+GPU figures per precision: bench/bench_gpu.py.
 """
 
 import argparse
@@ -19,6 +24,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench scripts run from a checkout
 
+from avdata.fast_malloc import tcmalloc_loaded  # noqa: E402
 from avhubert.dataset import AVHubertDataset  # noqa: E402
 from avhubert.model import AVHubertConfig, AVHubertModel  # noqa: E402
 from avhubert.task import AVHubertPretrainingConfig, LabelEncoder  # noqa: E402
@@ -36,8 +42,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_step(device: str, steps: int, batch: int, frames: int, num_classes: int) -> None:
-    cfg = OmegaConf.merge(OmegaConf.structured(AVHubertConfig), BASE)
+def bench_step(device: str, steps: int, batch: int, frames: int, num_classes: int, bf16: bool = False) -> None:
+    cfg = OmegaConf.merge(OmegaConf.structured(AVHubertConfig), BASE, {"bf16_autocast": bf16})
     d = Dictionary()
     for i in range(num_classes):
         d.add_symbol(str(i))
@@ -63,8 +69,9 @@ def bench_step(device: str, steps: int, batch: int, frames: int, num_classes: in
             times.append(time.perf_counter() - t0)
     per_step = sum(times) / len(times)
     mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
+    alloc = "" if device == "cuda" else f", {'tcmalloc' if tcmalloc_loaded() else 'glibc malloc'}"
     print(f"train step  Base, audio+video, batch {batch} x {frames} frames ({frames / 25:.0f} s), {device}, "
-          f"{torch.get_num_threads()} threads: {per_step:.3f} s/step, {batch * frames / per_step:.1f} frames/s, "
+          f"{'bf16 autocast' if bf16 else 'fp32'}, {torch.get_num_threads()} threads{alloc}: {per_step:.3f} s/step, {batch * frames / per_step:.1f} frames/s, "
           f"peak memory {mem:.0f} MiB ({'GPU' if device == 'cuda' else 'RSS'})")
 
 
@@ -88,10 +95,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=75)
-    p.add_argument("--dataset-clips", type=int, default=48)
+    p.add_argument("--dataset-clips", type=int, default=48, help="0 skips the loading benchmark")
+    p.add_argument("--bf16", action="store_true", help="forward under torch.autocast(bfloat16) (model.bf16_autocast)")
     a = p.parse_args()
-    bench_dataset(a.dataset_clips, a.frames)
-    bench_step(a.device, a.steps, a.batch, a.frames, num_classes=2000)
+    if a.dataset_clips > 0:
+        bench_dataset(a.dataset_clips, a.frames)
+    bench_step(a.device, a.steps, a.batch, a.frames, num_classes=2000, bf16=a.bf16)
 
 
 if __name__ == "__main__":
