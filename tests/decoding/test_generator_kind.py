@@ -42,7 +42,7 @@ def _bare(cls):
 
 def test_models_declare_their_generator():
     assert AVHubertCtc.generator_kind == "ctc" and AVHubertSeq2Seq.generator_kind == "seq2seq"
-    assert set(GENERATOR_KINDS) == {"ctc", "seq2seq"}
+    assert set(GENERATOR_KINDS) == {"ctc", "seq2seq", "llm"}  # llm: av_hubert_llm (avhubert.model_llm)
 
 
 def test_task_picks_the_generator_the_model_names(tmp_path):
