@@ -33,7 +33,7 @@ from avdata.atomic import write_text
 from avdata.media import probe
 
 from .model_classifier import AVHubertClassifier
-from .transcribe import expand_inputs
+from .transcribe import expand_inputs, quiet_loggers
 
 logger = logging.getLogger("avhubert.classify")
 
@@ -114,8 +114,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.top_k < 1:
         raise SystemExit("error: --top-k must be >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("avhubert.task", "fairseq"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with quiet_loggers("avhubert.task", "fairseq"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     clips, errors = expand_inputs(args.clips)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)

@@ -23,12 +23,13 @@ status is non-zero only when nothing could be transcribed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -246,10 +247,28 @@ def transcribe_one(model: Any, video: Path, args: argparse.Namespace, generator:
     return {"path": str(video), **result}, None
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING while a command runs (the task logs its whole config at INFO);
+    their levels are restored afterwards, so calling `main()` in-process changes nothing for the caller."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for noisy in ("avhubert", "fairseq"):  # the task logs its whole config at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with quiet_loggers("avhubert", "fairseq"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     videos, errors = expand_inputs(args.inputs)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
