@@ -9,7 +9,7 @@ APT_PACKAGES := ffmpeg espeak-ng libdlib-data
 # optional: tcmalloc makes CPU training ~20% faster (demo/fast_malloc.py); set-up goes on without it
 APT_OPTIONAL := libtcmalloc-minimal4
 
-.PHONY: setup system-deps test test-slow test-faults test-gpu demo clean
+.PHONY: setup system-deps test-media test test-slow test-faults test-gpu demo clean
 
 setup: $(STAMP)
 
@@ -44,10 +44,15 @@ system-deps:
 			|| echo "warning: could not install$$missing; CPU training will be about 20% slower"; \
 	fi
 
-test: setup
+# real speech for the tests: pocketsphinx's LibriVox recordings (sha256-checked, fetched once into .cache/);
+# without network the tests that need them are skipped, saying why
+test-media: setup
+	@$(PY) tests/data/fetch_test_media.py || echo "warning: test recordings not fetched; the tests that need them are skipped"
+
+test: setup test-media
 	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "not slow and not faults and not gpu" $(PYTEST_ARGS)
 
-test-slow: setup
+test-slow: setup test-media
 	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -m "slow or faults" $(PYTEST_ARGS)
 
 test-faults: setup

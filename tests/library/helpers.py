@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -175,3 +176,17 @@ def wav_seconds(path: Path) -> float:
 
 __all__ = ["carphone", "astronaut", "speech", "astronaut_video", "mux", "build_tiny", "finetune_tiny",
            "save_checkpoint", "wav_seconds"]
+
+
+LIBRIVOX = REPO / ".cache" / "test-media" / "pocketsphinx-librivox"
+
+
+def librivox() -> List[Tuple[Path, dict]]:
+    """The LibriVox recordings of the pocketsphinx source archive (`tests/data/fetch_test_media.py`,
+    run by `make setup`) with their word alignments; skips the calling test, saying why, when absent."""
+    import json
+
+    wavs = sorted(LIBRIVOX.glob("*.wav"))
+    if not wavs:
+        pytest.skip(f"needs the pocketsphinx recordings in {LIBRIVOX} (python tests/data/fetch_test_media.py)")
+    return [(w, json.loads(w.with_suffix(".json").read_text())) for w in wavs]

@@ -92,3 +92,39 @@ def test_subtitle_formats():
     assert subtitles(record, "srt") == ("1\n00:00:00,000 --> 00:00:11,960\nhello world\n\n"
                                         "2\n00:00:12,500 --> 01:02:05,040\nagain\n")
     assert subtitles(record, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:11.960\nhello world\n")
+
+
+def test_real_speech_is_resampled_and_cut_between_words(tmp_path):
+    """Real read speech (LibriVox, pocketsphinx's recordings with word alignments), concatenated to
+    ~25 s and muxed as 44.1 kHz stereo AAC under a talking-face video: decoded back as 16 kHz mono of
+    the same length and envelope, and the window plan of long inputs never cuts inside a word."""
+    import soundfile as sf
+
+    recs = helpers.librivox()
+    pieces, words, offset = [], [], 0.0
+    for wav_path, align in recs:
+        wav, rate = sf.read(str(wav_path), dtype="int16")
+        assert rate == 16000
+        pieces.append(wav)
+        words += [(offset + w["b"], offset + w["b"] + w["d"]) for w in align["w"] if not w["t"].startswith("<")]
+        offset += len(wav) / rate
+    speech = np.concatenate(pieces)
+    src = tmp_path / "speech.wav"
+    sf.write(str(src), speech, 16000)
+    stereo = tmp_path / "speech44k.wav"
+    run_ffmpeg(["-i", str(src), "-ar", "44100", "-ac", "2", str(stereo)])
+    video = helpers.astronaut_video(tmp_path / "talk.mp4", seconds=offset, size=(160, 160), audio=stereo)
+    decoded = decode_audio(video)
+    assert abs(len(decoded) / 16000 - offset) < 0.1
+    n = min(len(decoded), len(speech)) // 640 * 640
+    env = lambda x: np.sqrt((x[:n].astype(np.float64).reshape(-1, 640) ** 2).mean(axis=1))  # noqa: E731
+    lag = int(np.argmax([np.corrcoef(env(speech), np.roll(env(decoded), s))[0, 1] for s in range(-3, 4)])) - 3
+    assert np.corrcoef(env(speech), np.roll(env(decoded), lag))[0, 1] > 0.95
+
+    frames = int(offset * 25)
+    windows = plan_windows(frames, decoded, max_frames=150, min_frames=75)  # 3-6 s windows
+    assert len(windows) >= 4 and windows[-1][1] == frames
+    for _, cut in windows[:-1]:
+        t = cut / 25
+        inside = [(b, e) for b, e in words if b + 0.06 < t < e - 0.06]
+        assert not inside, f"cut at {t:.2f} s falls inside the word spoken at {inside[0][0]:.2f}-{inside[0][1]:.2f} s"
