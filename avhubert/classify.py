@@ -33,7 +33,7 @@ from avdata.atomic import write_text
 from avdata.media import probe
 
 from .model_classifier import AVHubertClassifier
-from .transcribe import expand_inputs, quiet_loggers
+from .transcribe import expand_and_report, quiet_loggers
 
 logger = logging.getLogger("avhubert.classify")
 
@@ -119,9 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    clips, errors = expand_inputs(args.clips)
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+    clips, errors = expand_and_report(args.clips)
     if not clips:
         print("error: no clip to classify", file=sys.stderr)
         return 1

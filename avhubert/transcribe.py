@@ -80,6 +80,14 @@ def expand_inputs(items: List[str]) -> Tuple[List[Path], List[str]]:
     return unique, errors
 
 
+def expand_and_report(items: List[str]) -> Tuple[List[Path], List[str]]:
+    """`expand_inputs`, printing one `error:` line per bad input on stderr (the commands' shared start)."""
+    found, errors = expand_inputs(items)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return found, errors
+
+
 # ---------------------------------------------------------------------------- formats
 def _timestamp(seconds: float, sep: str) -> str:
     ms = int(round(seconds * 1000))
@@ -269,9 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    videos, errors = expand_inputs(args.inputs)
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+    videos, errors = expand_and_report(args.inputs)
     if not videos:
         print("error: nothing to transcribe", file=sys.stderr)
         return 1
