@@ -353,7 +353,9 @@ class AVHubertPretrainingTask(FairseqTask):
             refs, hyps = self._decode_batch(sample, model)
             norm = self._text_norm()
             for r, h in zip(refs, hyps):
-                counts.add(*((norm(r), norm(h)) if norm is not None else (r, h)))
+                if norm is not None:  # the labels' text_norm.json, as infer_s2s scores
+                    r, h = norm(r), norm(h)
+                counts.add(r, h)
             log.update({"_wer_errors": counts.word_errors, "_wer_words": counts.ref_words,
                         "_cer_errors": counts.char_errors, "_cer_chars": counts.ref_chars})
             self._log_samples(model, sample, refs, hyps)
