@@ -6,8 +6,10 @@ HorizontalFlip, Normalize)` (av_hubert@258fb50): grayscale uint8 frames, /255, 8
 then (x - 0.421) / 0.165. Vectorised over the whole clip.
 
 `write_video` is the one mp4 writer (preparation, the demo corpus and the synthetic test data):
-H.264 through ffmpeg (reference: `-crf 20`) or MPEG-4 part 2 (`mp4v`) through OpenCV, about 25x
-cheaper for short 96x96 clips; grayscale or BGR frames; always atomic (`avdata.atomic`).
+H.264 through ffmpeg (reference: `-crf 20`; x264's `fastdecode` tune by default: no CABAC and no
+deblocking filter, which a loader worker decodes ~1.9x faster at the same PSNR for ~16 % more bytes)
+or MPEG-4 part 2 (`mp4v`) through OpenCV, about 25x cheaper to write for short 96x96 clips;
+grayscale or BGR frames; always atomic (`avdata.atomic`).
 """
 
 from __future__ import annotations
@@ -159,11 +161,13 @@ def write_video(
     crf: int = H264_CRF,
     ffmpeg: Optional[str] = None,
     verify: bool = False,
+    fast_decode: bool = True,
 ) -> None:
     """Encode uint8 frames (`[T, H, W]` grayscale or `[T, H, W, 3]` BGR) to an mp4, atomically.
 
     `codec="h264"`: frames are piped to ffmpeg as raw video (libx264, `crf`, yuv420p; odd sizes
-    are padded to even). `codec="mp4v"`: OpenCV's MPEG-4 part 2 writer, in process (grayscale
+    are padded to even; `fast_decode`: x264 `-tune fastdecode`, the training loader's decode is the
+    cost of every epoch, the write is paid once). `codec="mp4v"`: OpenCV's MPEG-4 part 2 writer, in process (grayscale
     is stored as 3 equal channels). `verify`: decode the result and raise `RuntimeError` unless
     it has exactly `T` frames (before it is renamed into place).
     """
@@ -178,7 +182,7 @@ def write_video(
         raise ValueError(f"write_video: unknown codec {codec!r} (one of {', '.join(CODECS)})")
     with atomic_path(path) as tmp:
         if codec == "h264":
-            _write_h264(tmp, frames, fps, crf, ffmpeg)
+            _write_h264(tmp, frames, fps, crf, ffmpeg, fast_decode)
         else:
             _write_mp4v(tmp, frames, fps)
         if verify:
@@ -187,13 +191,16 @@ def write_video(
                 raise RuntimeError(f"{path}: wrote {frames.shape[0]} frames but {decoded} decode")
 
 
-def _write_h264(path: os.PathLike, frames: np.ndarray, fps: float, crf: int, ffmpeg: Optional[str]) -> None:
+def _write_h264(
+    path: os.PathLike, frames: np.ndarray, fps: float, crf: int, ffmpeg: Optional[str], fast_decode: bool
+) -> None:
     height, width = frames.shape[1:3]
     pix_fmt = "gray" if frames.ndim == 3 else "bgr24"
+    tune = ["-tune", "fastdecode"] if fast_decode else []
     run_ffmpeg(
         ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "-", "-an",
-         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
-         "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)],
+         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", *tune,
+         "-crf", str(crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)],
         ffmpeg=ffmpeg,
         input_bytes=frames.tobytes(),
     )
