@@ -22,10 +22,12 @@ Differences from the original, on purpose:
 """
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.ao.nn.quantized.dynamic as nnqd
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -319,27 +321,81 @@ class _StepLinear:
         return torch.mm(x, self.weight) if self.bias is None else torch.addmm(self.bias, x, self.weight)
 
 
+class _Int8StepLinear:
+    """Dynamically quantized linear layers (`torch.ao.nn.quantized.dynamic.Linear`, made by
+    `avhubert.quantize.quantize_decoder`) applied together to one input: their int8 weights
+    concatenated into one packed matrix, so one int8 product per step; the input is quantized
+    on the fly, as the modules' own `forward` does (CPU only)."""
+
+    __slots__ = ("packed", "reduce_range")
+
+    def __init__(self, linears: Sequence[nnqd.Linear]) -> None:
+        if len({m.version for m in linears}) != 1:
+            raise ValueError("_Int8StepLinear: the quantized layers have different versions")
+        self.reduce_range = linears[0].version is not None and linears[0].version >= 4  # as nnqd.Linear.forward
+        if len(linears) == 1:
+            self.packed = linears[0]._packed_params._packed_params
+            return
+        weights, biases = zip(*(m._weight_bias() for m in linears))
+        scales, zero_points = [], []
+        for w in weights:  # per-output-channel scales for every layer, so the rows can be stacked
+            if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                scales.append(w.q_per_channel_scales().double())
+                zero_points.append(w.q_per_channel_zero_points().long())
+            else:
+                scales.append(torch.full((w.size(0),), w.q_scale(), dtype=torch.double))
+                zero_points.append(torch.full((w.size(0),), w.q_zero_point(), dtype=torch.long))
+        has_bias = [b is not None for b in biases]
+        if any(has_bias) and not all(has_bias):
+            raise ValueError("_Int8StepLinear: either every layer has a bias or none has")
+        with warnings.catch_warnings():  # torch 2.13 flags quantized tensor creation as deprecated
+            warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions", category=UserWarning)
+            # exact: every dequantized value is a multiple of its row's scale
+            weight = torch.quantize_per_channel(torch.cat([w.dequantize() for w in weights]), torch.cat(scales),
+                                                torch.cat(zero_points), 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(weight, torch.cat(biases) if all(has_bias) else None)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """`[N, in] -> [N, out]` (float32)."""
+        return torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=self.reduce_range)
+
+
+_AnyStepLinear = Union[_StepLinear, _Int8StepLinear]
+
+
+def _step_linear(*linears: nn.Module) -> _AnyStepLinear:
+    """Step weights of `linears` (all `nn.Linear`, or all dynamically quantized int8)."""
+    quantized = [isinstance(m, nnqd.Linear) for m in linears]
+    if all(quantized):
+        if any(m._packed_params.dtype != torch.qint8 for m in linears):
+            raise TypeError("beam_step supports int8 dynamically quantized linear layers only")
+        return _Int8StepLinear(linears)
+    if any(quantized):
+        raise TypeError(f"beam_step cannot fuse quantized with float linear layers: {[type(m).__name__ for m in linears]}")
+    return _StepLinear.of(*linears)
+
+
 @dataclass
 class _LayerStepWeights:
     """One decoder layer's weights for `TransformerDecoderLayer.beam_step`."""
 
-    qkv: _StepLinear  # self-attention q, k, v projections in one product
-    self_out: _StepLinear
-    enc_q: _StepLinear
-    enc_out: _StepLinear
-    fc1: _StepLinear
-    fc2: _StepLinear
+    qkv: _AnyStepLinear  # self-attention q, k, v projections in one product
+    self_out: _AnyStepLinear
+    enc_q: _AnyStepLinear
+    enc_out: _AnyStepLinear
+    fc1: _AnyStepLinear
+    fc2: _AnyStepLinear
 
     @classmethod
     def of(cls, layer: TransformerDecoderLayer) -> "_LayerStepWeights":
         sa, ea = layer.self_attn, layer.encoder_attn
         return cls(
-            qkv=_StepLinear.of(sa.q_proj, sa.k_proj, sa.v_proj),
-            self_out=_StepLinear.of(sa.out_proj),
-            enc_q=_StepLinear.of(ea.q_proj),
-            enc_out=_StepLinear.of(ea.out_proj),
-            fc1=_StepLinear.of(layer.fc1),
-            fc2=_StepLinear.of(layer.fc2),
+            qkv=_step_linear(sa.q_proj, sa.k_proj, sa.v_proj),
+            self_out=_step_linear(sa.out_proj),
+            enc_q=_step_linear(ea.q_proj),
+            enc_out=_step_linear(ea.out_proj),
+            fc1=_step_linear(layer.fc1),
+            fc2=_step_linear(layer.fc2),
         )
 
 
