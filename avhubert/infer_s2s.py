@@ -17,7 +17,8 @@ Additions: `generation.lm_path=LM.pt generation.lm_weight=W` fuses a fairseq lan
 (e.g. `transformer_lm` trained with `fairseq-train --task language_modeling` on the training
 transcripts' sentencepiece pieces, with the target dictionary) into the beam search (shallow
 fusion; seq2seq models only); a warning when decoding with a modality the model was not
-fine-tuned with; `metrics.json` (WER, CER, utterances decoded and skipped with their reasons,
+fine-tuned with; `override.quantize_decoder=int8` decodes with an int8 seq2seq decoder on the CPU
+(`avhubert.quantize`); `metrics.json` (WER, CER, utterances decoded and skipped with their reasons,
 training and decoding modalities, wall time), whose key facts also go into `wer.<fid>` and
 `decode.log`.
 """
@@ -48,6 +49,7 @@ from avdata.manifest import read_manifest, resolve  # noqa: E402
 from avhubert.language_model import load_language_model  # noqa: E402
 from avhubert.model import AVHubertModel  # noqa: E402
 from avhubert.model_asr import AVHubertCtc, CheckpointKindError  # noqa: E402
+from avhubert.quantize import check_quantize_options, quantize_model_decoder  # noqa: E402
 from avhubert.run_records import run_facts  # noqa: E402
 from avhubert.scoring import ErrorCounts  # noqa: E402
 from avdata.text_norm import TextNorm, read_text_norm  # noqa: E402
@@ -66,6 +68,8 @@ class OverrideConfig:
     data: Optional[str] = field(default=None, metadata={"help": "test manifest directory"})
     label_dir: Optional[str] = field(default=None, metadata={"help": "test label directory"})
     ctc_weight: float = field(default=0.0, metadata={"help": "NEW: joint CTC/attention weight (models with a CTC head)"})
+    quantize_decoder: str = field(default="none", metadata={
+        "help": "NEW: none or int8 (seq2seq decoder's linear layers as dynamic int8; CPU only, faster, may change hypotheses)"})
 
 
 @dataclass
@@ -201,7 +205,11 @@ def decode(cfg: Any) -> Dict[str, Any]:
         use_cuda = torch.cuda.is_available() and not cfg.common.cpu
         device = torch.device("cuda" if use_cuda else "cpu")
         wall_start = time.perf_counter()
+        quantize = check_quantize_options(cfg.override.quantize_decoder, device)  # before the slow load
         model, saved_cfg, task = load_finetuned(cfg.common_eval.path, device, cfg.common.fp16 and use_cuda)
+        if quantize:
+            quantize_model_decoder(model, cfg.override.quantize_decoder, device)
+            logger.info("decoder quantized: %s (override.quantize_decoder)", cfg.override.quantize_decoder)
         trained = training_modalities(saved_cfg)
         configure_task(task, cfg)
         decoding = list(task.cfg.modalities)
@@ -266,7 +274,8 @@ def decode(cfg: Any) -> Dict[str, Any]:
                "text_norm": asdict(norm) if norm is not None else None, **run_facts(device),
                "skipped": skipped, "num_in_manifest": len(dataset) + len(skipped), "decode_time_s": elapsed,
                "wall_time_s": time.perf_counter() - wall_start, "device": str(device),
-               "lm": {"path": cfg.generation.lm_path, "weight": cfg.generation.lm_weight} if lm is not None else None}
+               "lm": {"path": cfg.generation.lm_path, "weight": cfg.generation.lm_weight} if lm is not None else None,
+               "quantize_decoder": cfg.override.quantize_decoder if quantize else None}
         return write_outputs(results, fid, rows, cfg, world, rank, run)
     finally:
         pkg = logging.getLogger("avhubert")
@@ -332,7 +341,7 @@ def write_outputs(results: Path, fid: int, rows: List[Dict[str, Any]], cfg: Any,
         "num_utts": len(rows), "num_skipped": len(skipped), "num_in_manifest": total, "skipped": skipped,
         "modalities": mods or None, "subset": cfg.dataset.gen_subset, "checkpoint": cfg.common_eval.path,
         "noise": {"wav": cfg.override.noise_wav, "prob": cfg.override.noise_prob, "snr": cfg.override.noise_snr},
-        "lm": run.get("lm"), "fid": fid, "world_size": world, "device": run.get("device"),
+        "lm": run.get("lm"), "quantize_decoder": run.get("quantize_decoder"), "fid": fid, "world_size": world, "device": run.get("device"),
         "decode_time_s": decode_time, "wall_time_s": run.get("wall_time_s"),
         "utt_per_s": (len(rows) / decode_time) if decode_time else None,
         "text_norm": run.get("text_norm"), "peak_rss_mb": run.get("peak_rss_mb"),
