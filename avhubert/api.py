@@ -433,12 +433,18 @@ def _is_exported(path: Path) -> bool:
     return path.is_dir() or path.suffix == ".safetensors"
 
 
-def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> AVHubert:
+def load(path: PathLike, device: Union[str, torch.device] = "cpu", quantize_decoder: Optional[str] = None) -> AVHubert:
     """Load a checkpoint: a fairseq `.pt` (pre-training, seq2seq or CTC fine-tuning, this
     project's or a released one) or a folder / `.safetensors` file written by `avhubert.export`.
 
     Raises `FileNotFoundError` for a missing path and `avhubert.checkpoint.CheckpointError`
-    (one line) for a file that is damaged or asks to unpickle code."""
+    (one line) for a file that is damaged or asks to unpickle code.
+
+    `quantize_decoder="int8"`: a seq2seq model's decoder with int8 linear layers (faster CPU
+    decoding, hypotheses may change; `avhubert.quantize`); ValueError on another device or model kind."""
+    from .quantize import check_quantize_options, quantize_model_decoder
+
+    quantize = check_quantize_options(quantize_decoder, device)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
@@ -446,10 +452,11 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> AVHubert:
         from .safetensors_io import load_safetensors_with_task
 
         model, cfg, task = load_safetensors_with_task(p, device)
-        return AVHubert(model, task, cfg, device, str(path))
-    from fairseq import checkpoint_utils
+    else:
+        from fairseq import checkpoint_utils
 
-    models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(p)], strict=True)
-    model = models[0]
-    model = model.float().to(device)
-    return AVHubert(model, task, saved_cfg, device, str(path))
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(p)], strict=True)
+        model = models[0].float().to(device)
+    if quantize:
+        quantize_model_decoder(model, quantize_decoder, device)
+    return AVHubert(model, task, cfg, device, str(path))
