@@ -179,7 +179,7 @@ class AVHubert:
     @staticmethod
     def _kind(model: torch.nn.Module) -> str:
         if hasattr(model, "generator_kind"):
-            return str(model.generator_kind)  # "seq2seq" or "ctc"
+            return str(model.generator_kind)  # "seq2seq", "ctc" or "llm" (av_hubert_llm)
         return "pretrain"
 
     @property
@@ -209,7 +209,15 @@ class AVHubert:
 
     @property
     def can_transcribe(self) -> bool:
+        if self.kind == "llm":  # the LM's own tokenizer (the model hands the task its codec)
+            return getattr(self.task, "text_codec", None) is not None
         return self.kind in ("seq2seq", "ctc") and getattr(self.task, "target_dictionary", None) is not None
+
+    @property
+    def vocabulary_size(self) -> Optional[int]:
+        if not self.can_transcribe:
+            return None
+        return len(self.model.tokenizer) if self.kind == "llm" else len(self.task.target_dictionary)
 
     @property
     def settings(self) -> Dict[str, Any]:
@@ -221,7 +229,7 @@ class AVHubert:
             "video_fps": VIDEO_FPS, "audio_sample_rate": AUDIO_SAMPLE_RATE_HZ,
             "image_crop_size": int(tc.get("image_crop_size", 88)), "stack_order_audio": int(tc.get("stack_order_audio", 4)),
             "normalize": bool(tc.get("normalize", True)),
-            "vocabulary": len(self.task.target_dictionary) if self.can_transcribe else None,
+            "vocabulary": self.vocabulary_size,
         }
 
     def __repr__(self) -> str:
@@ -302,10 +310,14 @@ class AVHubert:
     # ------------------------------------------------------------------ text
     def build_generator(self, beam: int = 5, lm: Optional[str] = None, lm_weight: float = 0.0,
                         max_len_a: float = 0.5, max_len_b: int = 10, lenpen: float = 1.0) -> Any:
-        """The task's decoder for this model: beam search (seq2seq, optional LM shallow fusion) or CTC."""
+        """The task's decoder for this model: beam search (seq2seq, optional LM shallow fusion), CTC, or
+        the LLM decoder's greedy (`beam=1`) / beam search (`avhubert.llm_generation`)."""
         if not self.can_transcribe:
             raise ValueError(f"{self.source} is a {self.kind} checkpoint: it gives features, not text "
-                             "(transcription needs a fine-tuned seq2seq or CTC checkpoint)")
+                             "(transcription needs a fine-tuned seq2seq, CTC or av_hubert_llm checkpoint)")
+        if lm and self.kind != "seq2seq":
+            why = "its decoder already is a language model" if self.kind == "llm" else "this is a CTC model"
+            raise ValueError(f"lm={lm}: language-model shallow fusion is for seq2seq models; {why}")
         from fairseq.dataclass.configs import GenerationConfig
 
         gen = GenerationConfig(beam=beam, max_len_a=max_len_a, max_len_b=max_len_b, lenpen=lenpen)
@@ -371,7 +383,7 @@ class AVHubert:
         windows = plan_windows(prep.num_frames, prep.wav, max(1, int(max_window_s * VIDEO_FPS)),
                                max(1, int(min_window_s * VIDEO_FPS)))
         segments: List[Dict[str, Any]] = []
-        encoder = self.model.encoder if self.kind == "seq2seq" else self.model.w2v_encoder
+        encoder = self.model.w2v_encoder if self.kind == "ctc" else self.model.encoder
         with _encoder_timer(encoder, timings):
             for b in range(0, len(windows), batch_size):
                 batch = windows[b:b + batch_size]
@@ -434,8 +446,8 @@ def _is_exported(path: Path) -> bool:
 
 
 def load(path: PathLike, device: Union[str, torch.device] = "cpu", quantize_decoder: Optional[str] = None) -> AVHubert:
-    """Load a checkpoint: a fairseq `.pt` (pre-training, seq2seq or CTC fine-tuning, this
-    project's or a released one) or a folder / `.safetensors` file written by `avhubert.export`.
+    """Load a checkpoint: a fairseq `.pt` (pre-training, seq2seq, CTC or av_hubert_llm fine-tuning,
+    this project's or a released one) or a folder / `.safetensors` file written by `avhubert.export`.
 
     Raises `FileNotFoundError` for a missing path and `avhubert.checkpoint.CheckpointError`
     (one line) for a file that is damaged or asks to unpickle code.

@@ -217,6 +217,10 @@ def decode(cfg: Any) -> Dict[str, Any]:
         logger.info("modalities: decoding with %s; fine-tuned with %s", decoding, trained)
         lm = None
         if cfg.generation.lm_path:
+            if getattr(model, "generator_kind", "seq2seq") == "llm":
+                raise ValueError(f"generation.lm_path={cfg.generation.lm_path}: language-model shallow fusion is for "
+                                 "seq2seq models (av_hubert_seq2seq); av_hubert_llm's decoder already is a language "
+                                 "model: drop generation.lm_path")
             if isinstance(model, AVHubertCtc):
                 raise ValueError(f"generation.lm_path={cfg.generation.lm_path}: language-model shallow fusion is "
                                  "implemented for seq2seq models only; this is a CTC model (av_hubert_ctc)")
