@@ -13,6 +13,11 @@ Random weights almost never produce eos, so every hypothesis runs to its length 
 (s2s_decode.yaml) that is `--frames` tokens, a worst case. `--max-len-a 0 --max-len-b 50` is the
 workload of issue 13 ("Base seq2seq beam 5, 50 tokens"); `--max-len-b 15` a typical 3 s utterance.
 
+`--quantize-decoder int8` times the decoder with int8 linear layers (`avhubert.quantize`, CPU
+only) and then decodes the same batches with the float32 decoder (not timed) to count how many
+best hypotheses, and how many utterances' whole beams, are identical to the float32 ones. Random
+weights give flat next-token distributions, so this count is a pessimistic bound for trained models.
+
 `--compare-ref` also decodes every timed batch with fairseq's own `SequenceGenerator` on the same
 weights (outside the timing) and checks that every hypothesis has the same tokens and the same
 score (1e-4); it exits 1 on a difference.
@@ -28,12 +33,13 @@ import copy
 import logging
 import resource
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from avhubert.beam_search import BeamSearchConfig, beam_search
 from avhubert.modules.decoder import TransformerDecoder
+from avhubert.quantize import QUANTIZE_CHOICES, quantize_decoder
 
 logger = logging.getLogger("bench_decoding")
 
@@ -59,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quantize-decoder", choices=QUANTIZE_CHOICES, default="none",
+                        help="int8: time the int8 decoder and count hypotheses equal to float32 ones (CPU, float32)")
     return parser
 
 
@@ -90,6 +98,15 @@ def run(args: argparse.Namespace) -> List[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     decoder = base_decoder(args.vocab).to(device=device, dtype=dtype)
+    float_decoder = None
+    if args.quantize_decoder != "none":
+        if args.compare_ref:
+            raise SystemExit("error: --compare-ref checks the float search against fairseq; drop --quantize-decoder")
+        float_decoder = decoder
+        try:
+            decoder = quantize_decoder(copy.deepcopy(decoder), args.quantize_decoder)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     cfg = BeamSearchConfig(
         beam=args.beam,
         max_len_a=args.max_len_a,
@@ -136,6 +153,11 @@ def run(args: argparse.Namespace) -> List[dict]:
             f"(best hypotheses, mean length {row['mean_best_len']:.1f}), peak memory {row['peak_mb']:.0f} MiB",
             flush=True,
         )
+        if float_decoder is not None:  # not timed
+            row["same_best"], row["same_beam"] = same_as_float(float_decoder, batches, outputs, cfg)
+            print(f"batch {bsz:3d}: {args.quantize_decoder} vs float32: best hypothesis identical for "
+                  f"{row['same_best']}/{utts} utterances, every beam hypothesis identical for {row['same_beam']}/{utts}",
+                  flush=True)
         results.append(row)
         decoded.append((batches, outputs))
     if args.compare_ref:  # after all timings, so that the reference does not count in their peak memory
@@ -146,6 +168,19 @@ def run(args: argparse.Namespace) -> List[dict]:
             print(f"batch {row['batch']:3d}: {row['utterances']} utterances vs fairseq SequenceGenerator: {verdict}",
                   flush=True)
     return results
+
+
+def same_as_float(decoder: TransformerDecoder, batches: list, outputs: list, cfg: BeamSearchConfig) -> Tuple[int, int]:
+    """Decode `batches` with the float `decoder` and count the utterances of `outputs` whose best
+    hypothesis, and whose every hypothesis, has the same tokens."""
+    same_best = same_beam = 0
+    for (batch, ctc), out in zip(batches, outputs):
+        ref = beam_search(decoder, batch, eos=EOS, pad=PAD, unk=UNK, config=cfg, ctc_log_probs=ctc)
+        for hyps, ref_hyps in zip(out, ref):
+            tokens, ref_tokens = [h.tokens.tolist() for h in hyps], [h.tokens.tolist() for h in ref_hyps]
+            same_best += tokens[0] == ref_tokens[0]
+            same_beam += tokens == ref_tokens
+    return same_best, same_beam
 
 
 def compare_with_fairseq(decoder: TransformerDecoder, batch: dict, ours: list, args: argparse.Namespace,
@@ -175,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(
         f"device={args.device} dtype={args.dtype} threads={args.threads} beam={args.beam} frames={args.frames} "
         f"vocab={args.vocab} max_len=({args.max_len_a} * frames + {args.max_len_b}) ctc_weight={args.ctc_weight} "
-        f"ctc_pre_beam={args.ctc_pre_beam} torch={torch.__version__}",
+        f"ctc_pre_beam={args.ctc_pre_beam} quantize_decoder={args.quantize_decoder} torch={torch.__version__}",
         flush=True,
     )
     results = run(args)
