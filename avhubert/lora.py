@@ -10,9 +10,10 @@ Generic (no AV-HuBERT specifics), so any model of the plugin can use it:
   module names. Wrapped layers keep their weights under `<name>.base_layer.*` and add
   `<name>.lora_A.default.weight` / `<name>.lora_B.default.weight` (B starts at zero: the wrapped
   module computes exactly what it did before training).
-- `parameter_report(model)`: trainable / total parameters, per top-level part.
+- `parameter_report(model)`: trainable / total parameters, per top-level part (a shared / tied
+  parameter counts once: `unique_parameters`).
 - `lora_state_dict(model)`: the state dict without the frozen parameters (trained parameters and all
-  buffers), i.e. what a LoRA checkpoint stores.
+  buffers; a frozen tied parameter under none of its names), i.e. what a LoRA checkpoint stores.
 - `merge_lora(module)`: folds every adapter into its base weight (`W + B A * alpha / r`) and puts the
   plain layer back, so the state-dict keys are those of a model that never had LoRA.
 - `AdapterCheckpointMixin` (for a `BaseFairseqModel`): once `lora_base` is set, `state_dict()` leaves
@@ -38,8 +39,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = ["LoraTargetError", "LoraBaseError", "BaseReference", "SUPPORTED_TYPES", "match_targets", "apply_lora",
-           "parameter_counts", "parameter_report", "frozen_parameter_names", "lora_state_dict", "merge_lora",
-           "has_lora", "file_sha256", "require_base_file", "AdapterCheckpointMixin", "BASE_DIGEST_KEY"]
+           "unique_parameters", "parameter_counts", "parameter_report", "frozen_parameter_names", "lora_state_dict",
+           "merge_lora", "has_lora", "file_sha256", "require_base_file", "AdapterCheckpointMixin", "BASE_DIGEST_KEY"]
 
 # module types peft's LoRA wraps (peft also knows MultiheadAttention and transformers' Conv1D; not used here)
 SUPPORTED_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -157,10 +158,26 @@ def has_lora(module: nn.Module) -> bool:
     return any(".lora_" in f".{n}" for n, _ in module.named_parameters())
 
 
+def unique_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
+    """`(name, parameter)` once per tensor: a shared (tied) parameter under its first name only, also when
+    two parameter objects view the same memory (same storage address, shape, strides, dtype, device)."""
+    seen: Set[Tuple[Any, ...]] = set()
+    out: List[Tuple[str, nn.Parameter]] = []
+    for name, param in model.named_parameters():  # already one entry per parameter object
+        if not param.is_meta and param.numel() > 0:
+            key = (param.device, param.data_ptr(), tuple(param.shape), param.stride(), param.dtype)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append((name, param))
+    return out
+
+
 def parameter_counts(model: nn.Module) -> Dict[str, Tuple[int, int]]:
-    """`{part: (trainable, total)}` per top-level child (parameters directly on `model` under `""`)."""
+    """`{part: (trainable, total)}` per top-level child (parameters directly on `model` under `""`);
+    a shared (tied) parameter counts once, in the part of its first name."""
     out: Dict[str, List[int]] = {}
-    for name, param in model.named_parameters():
+    for name, param in unique_parameters(model):
         part = name.split(".", 1)[0] if "." in name else ""
         counts = out.setdefault(part, [0, 0])
         counts[0] += param.numel() if param.requires_grad else 0
@@ -172,8 +189,8 @@ def parameter_report(model: nn.Module) -> str:
     """One line: `trainable parameters: T of N (P%); part: t of n (adapters a), ...`."""
     counts = parameter_counts(model)
     trainable, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
-    adapters = {p: sum(v.numel() for n, v in model.named_parameters() if n.split(".", 1)[0] == p and ".lora_" in f".{n}")
-                for p in counts}
+    named = unique_parameters(model)
+    adapters = {p: sum(v.numel() for n, v in named if n.split(".", 1)[0] == p and ".lora_" in f".{n}") for p in counts}
     parts = [f"{part or '(top)'}: {t:,} of {n:,}" + (f" (adapters {adapters[part]:,})" if adapters[part] else "")
              for part, (t, n) in counts.items()]
     share = 100.0 * trainable / max(total, 1)
@@ -181,8 +198,9 @@ def parameter_report(model: nn.Module) -> str:
 
 
 def frozen_parameter_names(model: nn.Module) -> List[str]:
-    """State-dict names of the parameters that do not train (`requires_grad=False`)."""
-    return [n for n, p in model.named_parameters() if not p.requires_grad]
+    """State-dict names of the parameters that do not train (`requires_grad=False`), each once; a shared
+    (tied) frozen parameter with all of its names, as `state_dict()` holds it under each of them."""
+    return [n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad]
 
 
 def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -21,6 +21,9 @@ Checkpoints leave out the LM's frozen weights (LoRA on the LM, or a frozen LM) a
 the weights files in `llm_path` instead, checked when they load (`llm_path` must stay where it was).
 LoRA on the encoder as well (`model.lora_r > 0`, `avhubert.lora`, as for the seq2seq and CTC models):
 then the frozen encoder weights are left out too, with the sha256 of `w2v_path`.
+`python -m avhubert.merge_lora` folds both (`merge_adapters`): the encoder's into the weights the merged
+checkpoint stores, the LM's into a complete Hugging Face folder written next to it, which becomes the
+merged checkpoint's `llm_path` (`llm_lora_r = 0`, `lora_r = 0`; no peft, no original LM folder needed).
 """
 
 import hashlib
@@ -36,7 +39,8 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from .config_fields import config_field as _f
-from .lora import AdapterCheckpointMixin, BaseReference, _digest_hex, _digest_tensor, apply_lora, file_sha256, merge_lora
+from .lora import (AdapterCheckpointMixin, BaseReference, _digest_hex, _digest_tensor, apply_lora, file_sha256,
+                   frozen_parameter_names, merge_lora, unique_parameters)
 from .model_asr import AVHubertAsrConfig, HubertEncoderWrapper, _freeze_context, build_pretrained_encoder, setup_lora
 from .modules.llm_bridge import Projector, dedup_frames, lengths_to_padding_mask, stack_frames
 
@@ -208,8 +212,7 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
 
     def _frozen_llm_keys(self, prefix: str = "") -> List[str]:
         """State-dict keys of the LM's frozen parameters, every name of a shared (tied) one included."""
-        return [f"{prefix}llm.{k}" for k, v in self.llm.state_dict(keep_vars=True).items()
-                if isinstance(v, nn.Parameter) and not v.requires_grad]
+        return [f"{prefix}llm.{k}" for k in frozen_parameter_names(self.llm)]
 
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
         out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
@@ -237,8 +240,9 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
     def describe(self) -> str:
         """Trainable / total parameters and what trains, for the log."""
         cfg = self.cfg
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
+        params = [p for _, p in unique_parameters(self)]  # a tied LM head counts once
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
         encoder = f"LoRA r={cfg.lora_r}" if getattr(cfg, "lora_r", 0) > 0 else "frozen" if cfg.freeze_encoder else "trained"
         lm = f"LoRA r={cfg.llm_lora_r}" if cfg.llm_lora_r > 0 else "frozen" if cfg.llm_freeze else "trained"
         return (f"av_hubert_llm: {trainable:,} trainable of {total:,} parameters ({100.0 * trainable / max(total, 1):.2f} %): "
@@ -349,3 +353,18 @@ class AVHubertLlm(AdapterCheckpointMixin, BaseFairseqModel):
         and it holds every LM weight again)."""
         merge_lora(self.llm)
         self.llm_base = None
+
+    def merge_adapters(self) -> Optional[BaseReference]:
+        """Fold every adapter into full weights: the encoder's (`model.lora_r`; its weights then train as
+        `freeze_encoder` says) and the LM's (`merge_lora`). From then on `state_dict()` holds every weight
+        under the plain keys (the LM's too, until `reference_llm_base` is called again). Returns the encoder's
+        old base reference (None without encoder LoRA). `avhubert.merge_lora` writes the folded LM as a
+        folder of its own."""
+        base, self.lora_base = self.lora_base, None
+        if base is not None:
+            merge_lora(self.encoder)
+            for param in self.encoder.parameters():
+                param.requires_grad_(not self.cfg.freeze_encoder)
+        if self.cfg.llm_lora_r > 0:
+            self.merge_lora()
+        return base

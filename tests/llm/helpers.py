@@ -54,3 +54,32 @@ def audio_sample(lengths=(20, 13, 17), seed: int = 0, target=None) -> dict:
     if target is not None:
         sample["target"], sample["target_lengths"] = target
     return sample
+
+
+def llm_checkpoint(out_dir: Path, llm_path: Path, seed: int = 0, **overrides: Any) -> Path:
+    """`out_dir/llm.pt`: an `av_hubert_llm` built through the task as fairseq builds it (over a tiny
+    pre-trained checkpoint written there, audio only), its LoRA B matrices made nonzero (adapters that
+    change the output), saved in fairseq's checkpoint layout (`tests.library.helpers.save_checkpoint`)."""
+    from avhubert.task import AVHubertPretrainingConfig, AVHubertPretrainingTask
+    from tests.clustering.tiny_checkpoint import _as_dict, write_tiny_checkpoint
+    from tests.library.helpers import save_checkpoint
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pre = write_tiny_checkpoint(out_dir / "pretrain", seed=seed)
+    task_cfg = AVHubertPretrainingConfig(
+        data=str(out_dir), label_dir=str(out_dir), labels=["wrd"], label_rate=-1, sample_rate=16000, normalize=True,
+        stack_order_audio=4, fine_tuning=True, is_s2s=False, modalities=["audio"], single_target=True)
+    task = AVHubertPretrainingTask.setup_task(task_cfg)
+    model_cfg = OmegaConf.create(_as_dict(AVHubertLlmConfig(w2v_path=str(pre), llm_path=str(llm_path), normalize=True,
+                                                            data=str(out_dir)), "av_hubert_llm"))
+    for key, value in overrides.items():
+        OmegaConf.update(model_cfg, key, value)
+    torch.manual_seed(seed)
+    model = task.build_model(model_cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.1)
+    cfg = {"common": {"user_dir": None}, "task": _as_dict(task_cfg, "av_hubert_pretraining"),
+           "model": OmegaConf.to_container(model_cfg, resolve=False)}
+    return save_checkpoint(out_dir / "llm.pt", model, task, cfg)
