@@ -2,13 +2,16 @@
 
 A CPU beam-search step of the Base decoder reads its ~200 MB of float32 linear weights once per
 step: that memory traffic, not arithmetic, bounds it. `quantize_decoder` stores the decoder's
-linear layers (self- and encoder-attention q/k/v/out projections, FFN fc1/fc2) as int8 with one
-scale per output channel (`torch.ao.nn.quantized.dynamic.Linear`); inputs are quantized to 8 bits
+linear layers that run at every step (self-attention q/k/v/out projections, encoder-attention
+q/out projections, FFN fc1/fc2) as int8 with one scale per output channel (`torch.ao.nn.quantized.dynamic.Linear`); inputs are quantized to 8 bits
 on the fly at every product (fbgemm / qnnpack kernels). The beam-search fast path
 (`TransformerDecoder.beam_step`) then runs int8 products too, with q/k/v fused into one.
 
-What stays float32: the encoder, token and position embeddings, layer norms and the output
-projection (the shared embedding matrix, or `embed_out`; not an `nn.Linear`, and small).
+What stays float32: the encoder, token and position embeddings, layer norms, the output
+projection (the shared embedding matrix, or `embed_out`; not an `nn.Linear`, and small), and the
+encoder-attention key/value projections: they run once per utterance, not per step, and an input
+is quantized with one scale for all its rows, so int8 there would let one utterance's (or padded
+frames') large encoder outputs coarsen the keys of the whole batch.
 
 Hypotheses may differ from float32 ones (and, since an input is quantized with one scale for all
 its rows, may depend on which utterances share a batch). CPU only: quantized kernels do not run
@@ -24,6 +27,7 @@ from torch import nn
 __all__ = ["QUANTIZE_CHOICES", "check_quantize_options", "is_quantized", "quantize_decoder", "quantize_model_decoder"]
 
 QUANTIZE_CHOICES = ("none", "int8")  # "none": the float decoder
+_FLOAT_LINEARS = ("encoder_attn.k_proj", "encoder_attn.v_proj")  # once per utterance: kept float32
 
 
 def _normalise(kind: Optional[str]) -> str:
@@ -57,8 +61,9 @@ def is_quantized(decoder: nn.Module) -> bool:
 
 
 def quantize_decoder(decoder: nn.Module, kind: str = "int8") -> nn.Module:
-    """Replace every `nn.Linear` of `decoder` (in place; also returned) with an int8 dynamically
-    quantized one, weights quantized per output channel. `decoder` must be on the CPU, float32,
+    """Replace the `nn.Linear` layers of `decoder` (in place; also returned) with int8 dynamically
+    quantized ones, weights quantized per output channel, except the encoder-attention key/value
+    projections (`*.encoder_attn.{k,v}_proj`, once per utterance; see the module docstring). `decoder` must be on the CPU, float32,
     and is put in eval mode. Raises ValueError on another device or dtype, or for an unknown kind."""
     if not check_quantize_options(kind, "cpu"):
         return decoder
@@ -66,10 +71,11 @@ def quantize_decoder(decoder: nn.Module, kind: str = "int8") -> nn.Module:
     if any(d.type != "cpu" for d in devices):
         raise ValueError(f"quantize_decoder=int8 runs on the CPU only; the decoder is on "
                          f"{', '.join(sorted(str(d) for d in devices))}. Move the model to the CPU first")
-    linears = [m for m in decoder.modules() if type(m) is nn.Linear]
+    linears = {name: m for name, m in decoder.named_modules()
+               if type(m) is nn.Linear and not name.endswith(_FLOAT_LINEARS)}
     if not linears:
         raise ValueError(f"{type(decoder).__name__} has no float nn.Linear layers to quantize (already quantized?)")
-    dtypes = {m.weight.dtype for m in linears}
+    dtypes = {m.weight.dtype for m in linears.values()}
     if dtypes != {torch.float32}:
         raise ValueError(f"quantize_decoder=int8 needs a float32 decoder, got {sorted(map(str, dtypes))} "
                          "(do not combine it with fp16)")
@@ -79,7 +85,8 @@ def quantize_decoder(decoder: nn.Module, kind: str = "int8") -> nn.Module:
     with warnings.catch_warnings():  # torch 2.13 flags torch.ao.quantization and quantized tensors as deprecated
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions", category=UserWarning)
-        quantize_dynamic(decoder, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(decoder, {name: per_channel_dynamic_qconfig for name in linears}, dtype=torch.qint8,
+                         inplace=True)
     decoder.train(False)  # drops step weights built from the float layers (TransformerDecoder)
     return decoder
 
