@@ -3,8 +3,9 @@
 A CPU beam-search step of the Base decoder reads its ~200 MB of float32 linear weights once per
 step: that memory traffic, not arithmetic, bounds it. `quantize_decoder` stores the decoder's
 linear layers that run at every step (self-attention q/k/v/out projections, encoder-attention
-q/out projections, FFN fc1/fc2) as int8 with one scale per output channel (`torch.ao.nn.quantized.dynamic.Linear`); inputs are quantized to 8 bits
-on the fly at every product (fbgemm / qnnpack kernels). The beam-search fast path
+q/out projections, FFN fc1/fc2) as int8 with one scale per output channel
+(`torch.ao.nn.quantized.dynamic.Linear`); inputs are quantized to 8 bits on the fly at every
+product (fbgemm / qnnpack kernels). The beam-search fast path
 (`TransformerDecoder.beam_step`) then runs int8 products too, with q/k/v fused into one.
 
 What stays float32: the encoder, token and position embeddings, layer norms, the output
@@ -63,8 +64,9 @@ def is_quantized(decoder: nn.Module) -> bool:
 def quantize_decoder(decoder: nn.Module, kind: str = "int8") -> nn.Module:
     """Replace the `nn.Linear` layers of `decoder` (in place; also returned) with int8 dynamically
     quantized ones, weights quantized per output channel, except the encoder-attention key/value
-    projections (`*.encoder_attn.{k,v}_proj`, once per utterance; see the module docstring). `decoder` must be on the CPU, float32,
-    and is put in eval mode. Raises ValueError on another device or dtype, or for an unknown kind."""
+    projections (`*.encoder_attn.{k,v}_proj`, once per utterance; see the module docstring).
+    `decoder` must be on the CPU, float32, and is put in eval mode. Raises ValueError on another
+    device or dtype, or for an unknown kind."""
     if not check_quantize_options(kind, "cpu"):
         return decoder
     devices = {p.device for p in decoder.parameters()} | {b.device for b in decoder.buffers()}

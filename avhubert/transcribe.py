@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda when available; cpu with --quantize-decoder int8)")
     p.add_argument("--quantize-decoder", choices=("none", "int8"), default="none",
-                   help="int8: seq2seq decoder with int8 linear layers, faster on the CPU (CPU only; may change the text)")
+                   help="int8: seq2seq decoder with int8 linear layers, faster on the CPU "
+                        "(CPU only; may change the text)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="windows decoded together (beam search reads the decoder weights once per step for all)")
     p.add_argument("--max-window", type=float, default=12.0, help="longest window in seconds")

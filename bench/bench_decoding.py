@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> List[dict]:
         if float_decoder is not None:  # not timed
             row["same_best"], row["same_beam"] = same_as_float(float_decoder, batches, outputs, cfg)
             print(f"batch {bsz:3d}: {args.quantize_decoder} vs float32: best hypothesis identical for "
-                  f"{row['same_best']}/{utts} utterances, every beam hypothesis identical for {row['same_beam']}/{utts}",
+                  f"{row['same_best']}/{utts} utterances, every beam hypothesis identical for "
+                  f"{row['same_beam']}/{utts}",
                   flush=True)
         results.append(row)
         decoded.append((batches, outputs))

@@ -371,7 +371,8 @@ def _step_linear(*linears: nn.Module) -> _AnyStepLinear:
             raise TypeError("beam_step supports int8 dynamically quantized linear layers only")
         return _Int8StepLinear(linears)
     if any(quantized):
-        raise TypeError(f"beam_step cannot fuse quantized with float linear layers: {[type(m).__name__ for m in linears]}")
+        names = [type(m).__name__ for m in linears]
+        raise TypeError(f"beam_step cannot fuse quantized with float linear layers: {names}")
     return _StepLinear.of(*linears)
 
 
