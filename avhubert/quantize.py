@@ -47,7 +47,8 @@ def check_quantize_options(kind: Optional[str], device: Union[str, torch.device]
     device = torch.device(device)
     if device.type != "cpu":
         raise ValueError(f"quantize_decoder=int8 runs on the CPU only (dynamic int8 kernels), but decoding is on "
-                         f"{device}; decode on the CPU (e.g. common.cpu=true / device='cpu') or drop the option")
+                         f"{device}; decode on the CPU (infer_s2s: common.cpu=true; transcribe: --device cpu; "
+                         "avhubert.load: device='cpu') or drop the option")
     engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
     if not engines:
         raise ValueError("quantize_decoder=int8: this torch build has no quantized CPU engine (fbgemm / qnnpack)")
