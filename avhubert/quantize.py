@@ -81,7 +81,7 @@ def quantize_decoder(decoder: nn.Module, kind: str = "int8") -> nn.Module:
     dtypes = {m.weight.dtype for m in linears.values()}
     if dtypes != {torch.float32}:
         raise ValueError(f"quantize_decoder=int8 needs a float32 decoder, got {sorted(map(str, dtypes))} "
-                         "(do not combine it with fp16)")
+                         "(no fp16 / bf16 with int8)")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     decoder.eval()
