@@ -1,6 +1,6 @@
 """Small shared builders for the decoding tests (tiny random decoders and encoder outputs)."""
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -98,13 +98,21 @@ def fairseq_generate(dec: TransformerDecoder, enc: Dict[str, Tensor], vocab: int
     `max_len_a` is 0: fairseq limits every utterance to the same `max_len`. Extra keyword arguments
     (e.g. `lm_model`, `lm_weight`) go to the generator.
     """
+    return fairseq_reference(dec, vocab, enc_dim, cfg, max_len, **generator_kwargs)(enc, prefix_tokens)
+
+
+def fairseq_reference(dec: TransformerDecoder, vocab: int, enc_dim: int, cfg, max_len: int,
+                      **generator_kwargs) -> Callable[..., List[List[Dict[str, Tensor]]]]:
+    """Build once, call per batch: `generate(enc, prefix_tokens=None)` decodes a fixed encoder output
+    with fairseq's `TransformerDecoder` (holding `dec`'s weights) and `SequenceGenerator`, the
+    original AV-HuBERT's decoding path."""
     from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
     from fairseq.sequence_generator import SequenceGenerator
 
     ref_dec, dictionary = fairseq_decoder_like(dec, vocab, enc_dim)
 
     class FixedEncoder(FairseqEncoder):
-        def forward(self, src_tokens, src_lengths=None, **unused):
+        def forward(self, src_tokens, src_lengths=None, enc=None, **unused):
             return {"encoder_out": [enc["encoder_out"]], "encoder_padding_mask": [enc["encoder_padding_mask"]]}
 
         def reorder_encoder_out(self, encoder_out, new_order):
@@ -116,7 +124,12 @@ def fairseq_generate(dec: TransformerDecoder, enc: Dict[str, Tensor], vocab: int
                             min_len=cfg.min_len, normalize_scores=cfg.normalize_scores, len_penalty=cfg.lenpen,
                             unk_penalty=cfg.unkpen, temperature=cfg.temperature,
                             no_repeat_ngram_size=cfg.no_repeat_ngram_size, **generator_kwargs)
-    bsz, t_max = enc["encoder_padding_mask"].shape
-    sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max)}}
-    with torch.no_grad():
-        return gen.generate([model], sample, prefix_tokens=prefix_tokens)
+
+    def generate(enc: Dict[str, Tensor], prefix_tokens: Tensor = None) -> List[List[Dict[str, Tensor]]]:
+        bsz, t_max = enc["encoder_padding_mask"].shape
+        sample = {"net_input": {"src_tokens": torch.full((bsz, t_max), 5), "src_lengths": torch.full((bsz,), t_max),
+                                "enc": enc}}
+        with torch.no_grad():
+            return gen.generate([model], sample, prefix_tokens=prefix_tokens)
+
+    return generate
