@@ -185,7 +185,7 @@ class AVHubertPretrainingTask(FairseqTask):
         return [Dictionary.load(p) for p in paths]
 
     def load_target_dictionary(self) -> Optional[Dictionary]:
-        if not self.cfg.labels:
+        if not self.cfg.labels or self.text_codec is not None:  # av_hubert_llm: the LM's tokenizer, no dict.{label}.txt
             return None
         return self.load_dictionaries()[0]
 

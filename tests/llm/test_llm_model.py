@@ -305,3 +305,20 @@ def test_checkpoints_leave_out_the_frozen_lm_and_check_its_digest(lm_dir, tmp_pa
     other = tiny_llm_model(changed, llm_lora_r=4)
     with pytest.raises(LlmPathError, match="are not the ones this checkpoint was trained on"):
         other.load_state_dict(state, strict=True)
+
+
+def test_llm_task_needs_no_label_dictionary(lm_dir, tmp_path):
+    """Transcripts of an av_hubert_llm run are tokenised by the LM: the task must not ask for a
+    dict.wrd.txt (the criterion's base class reads task.target_dictionary), while a seq2seq task does."""
+    from avhubert.model_llm import LlmTextCodec
+    from avhubert.task import AVHubertPretrainingConfig, AVHubertPretrainingTask
+
+    cfg = AVHubertPretrainingConfig(data=str(tmp_path), label_dir=str(tmp_path), labels=["wrd"], fine_tuning=True)
+    seq2seq = AVHubertPretrainingTask(cfg)
+    with pytest.raises(FileNotFoundError, match="dict.wrd.txt"):
+        seq2seq.target_dictionary
+    task = AVHubertPretrainingTask(cfg)
+    _, tokenizer = load_causal_lm(str(lm_dir[0]))
+    task.set_text_codec(LlmTextCodec(tokenizer))
+    assert task.target_dictionary is None
+    assert LlmCriterion(task).padding_idx == -100
