@@ -21,9 +21,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .fast_malloc import find_tcmalloc, with_tcmalloc
+
+if TYPE_CHECKING:
+    from demo.corpus import CorpusPaths
 
 logger = logging.getLogger("demo.run")
 
@@ -77,8 +80,10 @@ def hydra_train(conf: str, exp: Path, overrides: Sequence[str]) -> Path:
     return exp / "checkpoints" / "checkpoint_last.pt"
 
 
-def decode_grid(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str, Dict[str, float]]:
-    """WER for every mode x condition (video-only ignores the audio noise: decoded once)."""
+def decode_grid(ckpt: Path, data: Path, out: Path, beam: int, conditions: Sequence[Optional[float]] = CONDITIONS,
+                max_len_b: int = 12) -> Dict[str, Dict[str, float]]:
+    """WER for every mode x condition (video-only ignores the audio noise: decoded once); at most
+    `max_len_b` output tokens per utterance (12 sentencepiece tokens cover the corpus's 1-4 words)."""
     from omegaconf import OmegaConf
 
     from avhubert.infer_s2s import InferConfig, decode
@@ -89,16 +94,16 @@ def decode_grid(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str, Dict[
         return json.loads(cache.read_text())
     for mode, mods in MODES.items():
         results[mode] = {}
-        for snr in CONDITIONS:
+        for snr in conditions:
             name = "clean" if snr is None else f"{snr:g} dB"
-            if mode == "video" and snr is not None:
+            if mode == "video" and snr is not None and "clean" in results[mode]:
                 results[mode][name] = results[mode]["clean"]
                 continue
             cfg = OmegaConf.structured(InferConfig)
             cfg.common_eval.path = str(ckpt)
             cfg.common_eval.results_path = str(out / mode.replace("-", "_") / name.replace(" ", ""))
             cfg.dataset.gen_subset, cfg.dataset.max_tokens = "test", 2000
-            cfg.generation.beam, cfg.generation.max_len_a, cfg.generation.max_len_b = beam, 0.0, 12
+            cfg.generation.beam, cfg.generation.max_len_a, cfg.generation.max_len_b = beam, 0.0, max_len_b
             cfg.override.modalities, cfg.override.data = mods, str(data)
             if snr is not None:
                 cfg.override.noise_wav, cfg.override.noise_prob, cfg.override.noise_snr = str(data / "noise"), 1.0, snr
@@ -188,6 +193,43 @@ def transcribe_example(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str
     return {"id": row.id, "ref": ref, "hyp": hyp["text"]}
 
 
+def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int,
+                       pretrain_updates: int) -> Tuple[Path, "CorpusPaths", Path]:
+    """Stages 1-3 (each reused when finished): corpus, MFCC clusters, pre-training.
+    Returns (data folder, corpus paths, pre-trained checkpoint)."""
+    _banner("1/7 corpus: TTS speech + mouth videos + babble noise")
+    from demo.corpus import CorpusConfig, generate_corpus
+
+    data = out / "data"
+    paths = generate_corpus(data, CorpusConfig(seed=seed), num_workers=num_workers)
+
+    _banner("2/7 cluster: MFCC features -> k-means -> 100 Hz labels")
+    labels = out / "labels"
+    if not _done(labels / ".done"):
+        run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(data), "--out-dir", str(labels),
+                    "--feature", "mfcc", "--n-clusters", str(n_clusters), "--nshard", "2", "--label-ext", "mfcc",
+                    "--valid-splits", "valid", "--num-workers", str(num_workers), "--seed", str(seed)],
+                   labels / "cluster.log", show=("stage", "inertia"))
+        (labels / ".done").touch()
+
+    _banner("3/7 pretrain: masked multimodal cluster prediction")
+    pre = out / "pretrain"
+    pre_ckpt = pre / "checkpoints" / "checkpoint_last.pt"
+    if not _done(pre / ".done"):
+        hydra_train("pretrain", pre, [f"task.data={data}", f"task.label_dir={labels}",
+                                      f"optimization.max_update={pretrain_updates}", f"common.seed={seed}"])
+        (pre / ".done").touch()
+
+    return data, paths, pre_ckpt
+
+
+def finetune_overrides(data: Path, noise_dir: Path, pre_ckpt: Path, updates: int, seed: int) -> List[str]:
+    """The demo fine-tuning's data, noise, base checkpoint and schedule (warm-up 10 %, then decay)."""
+    return [f"task.data={data}", f"task.label_dir={data}", f"task.noise_wav={noise_dir}", f"model.w2v_path={pre_ckpt}",
+            f"optimization.max_update={updates}", f"common.seed={seed}", f"lr_scheduler.warmup_steps={updates // 10}",
+            f"lr_scheduler.decay_steps={updates - updates // 10}"]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="demo_out")
@@ -205,28 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if find_tcmalloc() is None:
         print("note: libtcmalloc_minimal not found (Debian: libtcmalloc-minimal4); training runs about 20% slower")
 
-    _banner("1/7 corpus: TTS speech + mouth videos + babble noise")
-    from demo.corpus import CorpusConfig, generate_corpus
-
-    data = out / "data"
-    paths = generate_corpus(data, CorpusConfig(seed=a.seed), num_workers=a.num_workers)
-
-    _banner("2/7 cluster: MFCC features -> k-means -> 100 Hz labels")
-    labels = out / "labels"
-    if not _done(labels / ".done"):
-        run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(data), "--out-dir", str(labels),
-                    "--feature", "mfcc", "--n-clusters", str(a.n_clusters), "--nshard", "2", "--label-ext", "mfcc",
-                    "--valid-splits", "valid", "--num-workers", str(a.num_workers), "--seed", str(a.seed)],
-                   labels / "cluster.log", show=("stage", "inertia"))
-        (labels / ".done").touch()
-
-    _banner("3/7 pretrain: masked multimodal cluster prediction")
-    pre = out / "pretrain"
-    pre_ckpt = pre / "checkpoints" / "checkpoint_last.pt"
-    if not _done(pre / ".done"):
-        hydra_train("pretrain", pre, [f"task.data={data}", f"task.label_dir={labels}",
-                                      f"optimization.max_update={a.pretrain_updates}", f"common.seed={a.seed}"])
-        (pre / ".done").touch()
+    data, paths, pre_ckpt = prepare_pretrained(out, a.seed, a.num_workers, a.n_clusters, a.pretrain_updates)
 
     runs = {"pretrained": (out / "finetune", False)}
     if a.compare_scratch:
@@ -237,11 +258,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         ckpts[name] = exp / "checkpoints" / "checkpoint_last.pt"
         if not _done(exp / ".done"):
             hydra_train("finetune", exp, [
-                f"task.data={data}", f"task.label_dir={data}", f"task.tokenizer_bpe_model={paths.spm_model}",
-                f"task.noise_wav={paths.noise_dir}", f"model.w2v_path={pre_ckpt}", f"model.no_pretrained_weights={str(scratch).lower()}",
-                f"optimization.max_update={a.finetune_updates}", f"common.seed={a.seed}",
-                f"lr_scheduler.warmup_steps={a.finetune_updates // 10}",
-                f"lr_scheduler.decay_steps={a.finetune_updates - a.finetune_updates // 10}"])
+                *finetune_overrides(data, paths.noise_dir, pre_ckpt, a.finetune_updates, a.seed),
+                f"task.tokenizer_bpe_model={paths.spm_model}", f"model.no_pretrained_weights={str(scratch).lower()}"])
             (exp / ".done").touch()
 
     _banner("5/7 decode: audio / video / audio-visual x clean, 10, 5, 0, -5 dB babble")
