@@ -90,6 +90,10 @@ class AVHubertOwnConfig(FairseqDataclass):
     resnet_relu_type: RELU_CHOICES = _f("prelu", "activation in the visual front-end")
     resnet_weights: Optional[str] = _f(None, "optional ResNet weights file (state dict of the visual front-end)")
     resnet_width: int = _f(64, "base channel width of the visual ResNet (reference: 64; smaller for tiny CPU models)")
+    resnet_input_pool: int = _f(
+        1, "average-pool video frames by this factor before the ResNet (reference: 1; 2 runs tiny CPU models on "
+        "44x44 from 88x88 crops, about 3x less front-end time)",
+    )
     sim_type: SIM_CHOICES = _f("cosine", "logit similarity")
     sub_encoder_layers: int = _f(0, "per-modality transformer layers inside each front-end")
     audio_feat_dim: int = _f(-1, "audio input dim (26 x stack_order_audio = 104); must be set")
@@ -188,7 +192,9 @@ class AVHubertModel(BaseFairseqModel):
         self.feature_grad_mult = cfg.feature_grad_mult
         self.bf16_autocast = bool(getattr(cfg, "bf16_autocast", False))
 
-        resnet = ResEncoder(relu_type=str(cfg.resnet_relu_type), width=cfg.resnet_width)
+        resnet = ResEncoder(
+            relu_type=str(cfg.resnet_relu_type), width=cfg.resnet_width, input_pool=cfg.resnet_input_pool
+        )
         if cfg.resnet_weights:
             resnet.load_state_dict(torch.load(cfg.resnet_weights, map_location="cpu", weights_only=True))
         self.feature_extractor_audio = SubModel(None, cfg.audio_feat_dim, cfg)

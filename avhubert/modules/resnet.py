@@ -76,8 +76,11 @@ class ResNetTrunk(nn.Module):
 class ResEncoder(nn.Module):
     """Video `[B, 1, T, H, W]` -> per-frame features `[B, 8*width, T]` (time preserved)."""
 
-    def __init__(self, relu_type: str = "prelu", width: int = 64) -> None:
+    def __init__(self, relu_type: str = "prelu", width: int = 64, input_pool: int = 1) -> None:
         super().__init__()
+        if input_pool < 1:
+            raise ValueError(f"input_pool must be >= 1, got {input_pool}")
+        self.input_pool = input_pool  # frames are average-pooled by this factor first (1: the reference)
         self.frontend3D = nn.Sequential(
             nn.Conv3d(1, width, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
             nn.BatchNorm3d(width),
@@ -123,6 +126,9 @@ class ResEncoder(nn.Module):
         (channels-last by default: 10-15% less CPU time for the front-end's forward + backward than
         NCHW with oneDNN, and the layout cuDNN's tensor-core kernels want in half precision)."""
         batch, _, time = x.shape[:3]
+        if self.input_pool > 1:
+            k = self.input_pool
+            x = F.avg_pool3d(x, (1, k, k), (1, k, k))  # [B, 1, T, H/k, W/k]
         x = self.stem_conv(x)  # [B*T, w, H/2, W/2]
         bn, act, pool = self.frontend3D[1:]
         # BatchNorm3d over [B*T, w, 1, H', W'] has the statistics of [B, w, T, H', W'] (a free view)

@@ -182,6 +182,25 @@ def test_front_end_equals_conv3d_composition_in_training(memory_format):
         torch.testing.assert_close(b, c, atol=1e-10, rtol=1e-10, msg=name)
 
 
+def test_resnet_input_pool_runs_the_front_end_on_averaged_frames():
+    """`resnet_input_pool=k` equals the unpooled front-end fed k x k block means (same weights), and
+    the model config field reaches the ResNet; k=1 is the reference front-end."""
+    from avhubert.modules.resnet import ResEncoder
+
+    torch.manual_seed(0)
+    pooled = ResEncoder(width=4, input_pool=2).eval()
+    plain = ResEncoder(width=4).eval()
+    plain.load_state_dict(pooled.state_dict())
+    x = torch.randn(2, 1, 5, 40, 40)
+    blocks = x.reshape(2, 1, 5, 20, 2, 20, 2).mean((4, 6))
+    torch.testing.assert_close(pooled(x), plain(blocks), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pooled(x), plain(x[..., :20, :20]))
+    with pytest.raises(ValueError, match="input_pool"):
+        ResEncoder(width=4, input_pool=0)
+    model = tiny_model(resnet_input_pool=2)
+    assert model.feature_extractor_video.resnet.input_pool == 2
+
+
 def test_modality_drop_has_one_spelling_per_meaning():
     """"sample" draws from the config (the forward default), "none" drops nothing; None, which once
     meant "sample" beside "none", is refused with both meanings named."""
