@@ -70,7 +70,7 @@ def read_wav(path: str, expected_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) -> np.ndar
         return f.read(dtype="int16")
 
 
-def log_filterbank(wav: np.ndarray, sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) -> np.ndarray:
+def log_filterbank(wav: np.ndarray, sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ, warp: float = 1.0) -> np.ndarray:
     """26-d log mel filterbank at 100 Hz, `[N] -> [1 + ceil((N - 400) / 160), 26]` float32.
 
     The numbers of `python_speech_features.logfbank` with its defaults (pre-emphasis 0.97, 25 ms
@@ -78,8 +78,14 @@ def log_filterbank(wav: np.ndarray, sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) 
     triangular mel filters from 0 Hz to Nyquist, log; float64 throughout), computed without its
     per-call index tables and filterbank loops: frames are a strided view, the filterbank is
     built once per sample rate. Equal to the package's output (tests/plugin/test_audio_features.py).
+
+    `warp != 1` applies vocal tract length perturbation (VTLP, Jaitly & Hinton 2013): the filters'
+    frequencies are scaled by `warp` below a boundary and mapped linearly above it so that Nyquist
+    stays put, as if the speaker's vocal tract were shorter or longer (training augmentation).
     """
     frame_len, step, filters = _frame_layout(sample_rate_hz)
+    if warp != 1.0:
+        filters = _warped_filters(sample_rate_hz, round(float(warp), 2))  # 0.01 steps: few cached banks
     x = np.asarray(wav).astype(np.float64, copy=False)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"log_filterbank expects a non-empty 1-D waveform, got shape {x.shape}")
@@ -95,6 +101,29 @@ def log_filterbank(wav: np.ndarray, sample_rate_hz: int = AUDIO_SAMPLE_RATE_HZ) 
     return np.log(feats).astype(np.float32)
 
 
+VTLP_BOUNDARY = 0.8  # fraction of Nyquist below which VTLP scales frequencies by the warp factor
+
+
+def _mel_edges_hz(sample_rate_hz: int) -> np.ndarray:
+    """The 28 band edges (26 filters) of the mel filterbank in Hz, 0 to Nyquist."""
+
+    def hz_to_mel(hz):
+        return 2595 * np.log10(1 + hz / 700.0)
+
+    edges_mel = np.linspace(hz_to_mel(0), hz_to_mel(sample_rate_hz / 2), FBANK_FILTERS + 2)
+    return 700 * (10 ** (edges_mel / 2595.0) - 1)
+
+
+def _triangles(edges: np.ndarray) -> np.ndarray:
+    """Triangular filters `[len(edges) - 2, NFFT/2+1]` over FFT bins from band edges given in bins."""
+    k = np.arange(_NFFT // 2 + 1, dtype=np.float64)[None]
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty slopes (equal edges) are masked out
+        rising = np.where((k >= lo) & (k < mid), (k - lo) / (mid - lo), 0.0)
+        falling = np.where((k >= mid) & (k < hi), (hi - k) / (hi - mid), 0.0)
+    return rising + falling
+
+
 @functools.lru_cache(maxsize=4)
 def _frame_layout(sample_rate_hz: int) -> Tuple[int, int, np.ndarray]:
     """(frame length, hop, mel filterbank `[26, NFFT/2+1]` float64) for 25 ms / 10 ms frames."""
@@ -102,19 +131,25 @@ def _frame_layout(sample_rate_hz: int) -> Tuple[int, int, np.ndarray]:
     def round_half_up(v: float) -> int:
         return int(decimal.Decimal(v).quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP))
 
-    def hz_to_mel(hz):
-        return 2595 * np.log10(1 + hz / 700.0)
-
-    edges_mel = np.linspace(hz_to_mel(0), hz_to_mel(sample_rate_hz / 2), FBANK_FILTERS + 2)
-    edges = np.floor((_NFFT + 1) * (700 * (10 ** (edges_mel / 2595.0) - 1)) / sample_rate_hz)  # FFT bins
-    k = np.arange(_NFFT // 2 + 1, dtype=np.float64)[None]
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):  # empty slopes (equal edges) are masked out
-        rising = np.where((k >= lo) & (k < mid), (k - lo) / (mid - lo), 0.0)
-        falling = np.where((k >= mid) & (k < hi), (hi - k) / (hi - mid), 0.0)
-    filters = rising + falling
+    filters = _triangles(np.floor((_NFFT + 1) * _mel_edges_hz(sample_rate_hz) / sample_rate_hz))  # FFT bins
     filters.flags.writeable = False
     return round_half_up(0.025 * sample_rate_hz), round_half_up(0.01 * sample_rate_hz), filters
+
+
+@functools.lru_cache(maxsize=128)
+def _warped_filters(sample_rate_hz: int, warp: float) -> np.ndarray:
+    """The mel filterbank with VTLP-warped band edges (piecewise linear, Nyquist fixed)."""
+    nyquist = sample_rate_hz / 2
+    edges = _mel_edges_hz(sample_rate_hz)
+    boundary = VTLP_BOUNDARY * nyquist * min(warp, 1.0) / warp
+    warped = np.where(
+        edges <= boundary,
+        edges * warp,
+        nyquist - (nyquist - edges) * (nyquist - boundary * warp) / (nyquist - boundary),
+    )
+    filters = _triangles(np.floor((_NFFT + 1) * warped / sample_rate_hz))  # FFT bins, as the unwarped bank
+    filters.flags.writeable = False
+    return filters
 
 
 def stack_frames(feats: np.ndarray, stack_order: int) -> np.ndarray:
@@ -155,11 +190,13 @@ def audio_features(
     stack_order: int = 4,
     num_video_frames: int | None = None,
     normalize: bool = True,
+    warp: float = 1.0,
 ) -> "torch.Tensor":
-    """int16-scale wav `[N]` -> model input `[T, 26 * stack_order]` float32 at 25 Hz."""
+    """int16-scale wav `[N]` -> model input `[T, 26 * stack_order]` float32 at 25 Hz (`warp`: VTLP
+    factor of `log_filterbank`, 1 = none)."""
     import torch
 
-    feats = stack_frames(log_filterbank(wav), stack_order)
+    feats = stack_frames(log_filterbank(wav, warp=warp), stack_order)
     if num_video_frames is not None:
         feats = align_to_length(feats, num_video_frames)
     if normalize:

@@ -34,7 +34,7 @@ __all__ = ["AVHubertDataset"]
 
 ALIGN_TOLERANCE_SEC = 0.1
 # salts separating the per-utterance random streams (one generator per decision)
-_SALT_VIDEO_AUG, _SALT_NOISE, _SALT_CROP = 1, 2, 3
+_SALT_VIDEO_AUG, _SALT_NOISE, _SALT_CROP, _SALT_VTLP = 1, 2, 3, 4
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
@@ -80,6 +80,7 @@ class AVHubertDataset(FairseqDataset):
         noise_num: int = 1,
         seed: int = 0,
         check_files: bool = True,
+        audio_vtlp: float = 0.0,
     ) -> None:
         self.video_fps = sample_rate  # Reference parity: `sample_rate` is the video frame rate
         self.modalities = set(modalities)
@@ -100,6 +101,9 @@ class AVHubertDataset(FairseqDataset):
         self.noise_prob, self.noise_num = noise_prob, noise_num
         self.noise_snr = parse_snr(noise_snr)
         self.seed, self.epoch = seed, 1
+        if not 0.0 <= audio_vtlp < 1.0:
+            raise ValueError(f"audio_vtlp must be in [0, 1), got {audio_vtlp}")
+        self.audio_vtlp = audio_vtlp
         self.noise_paths: List[str] = []
         if noise_prob > 0:
             if not noise_fn or not os.path.isfile(noise_fn):
@@ -191,8 +195,11 @@ class AVHubertDataset(FairseqDataset):
                 rng = self._rng(index, _SALT_NOISE)
                 if rng.random() < self.noise_prob:
                     wav = mix_noise(wav, self.noise_paths, read_wav, self.noise_snr, self.noise_num, rng)
+            warp = 1.0
+            if self.audio_vtlp > 0:
+                warp = float(self._rng(index, _SALT_VTLP).uniform(1.0 - self.audio_vtlp, 1.0 + self.audio_vtlp))
             audio = audio_features(
-                wav, self.stack_order_audio, len(video) if video is not None else None, self.normalize
+                wav, self.stack_order_audio, len(video) if video is not None else None, self.normalize, warp
             )
         return audio, (None if video is None else torch.from_numpy(np.ascontiguousarray(video)))
 

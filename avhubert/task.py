@@ -126,6 +126,10 @@ class AVHubertPretrainingConfig(FairseqDataclass):
     stack_order_audio: int = _f(1, "10-ms filterbank frames stacked per step (configs: 4 -> 104-d at 25 Hz)")
     skip_verify: Optional[bool] = _f(False, "do not log per-line label alignment warnings")
     image_aug: bool = _f(False, "random crop + horizontal flip, for the split named 'train' only")
+    audio_vtlp: float = _f(
+        0.0, "NEW: vocal tract length perturbation for the split named 'train': each utterance's filterbank is "
+        "warped by a factor drawn from [1 - x, 1 + x] (0 = off, the reference; 0.1 is typical)",
+    )
     image_crop_size: int = _f(88, "mouth ROI crop size (pixels)")
     image_mean: float = _f(0.421, "pixel mean after /255")
     image_std: float = _f(0.165, "pixel std after /255")
@@ -268,6 +272,7 @@ class AVHubertPretrainingTask(FairseqTask):
             noise_snr=cfg.noise_snr,
             noise_num=cfg.noise_num,
             seed=cfg.noise_seed,
+            audio_vtlp=cfg.audio_vtlp if split == "train" else 0.0,
         )
         if procs and isinstance(procs[0], ClassLabelEncoder):
             dataset = self.datasets[split]

@@ -88,3 +88,33 @@ def test_read_wav_float_files_convert_like_soundfile_and_reject_nan(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wav" * 10)
     with pytest.raises(FileNotFoundError, match="junk.wav"):
         read_wav(str(tmp_path / "junk.wav"))
+
+
+def _centres(filters: np.ndarray) -> np.ndarray:
+    return (filters * np.arange(filters.shape[1])).sum(1) / filters.sum(1)
+
+
+def test_vtlp_warp_scales_filter_frequencies_and_is_off_at_one():
+    from avdata.audio import VTLP_BOUNDARY, _frame_layout, _warped_filters, log_filterbank
+
+    wav = _speechlike(16000)
+    np.testing.assert_array_equal(log_filterbank(wav, warp=1.0), log_filterbank(wav))
+    base = _frame_layout(16000)[2]
+    np.testing.assert_array_equal(_warped_filters(16000, 1.0), base)
+    for warp in (0.9, 1.1):
+        filters = _warped_filters(16000, warp)
+        assert filters.shape == base.shape and (filters.sum(1) > 0).all()  # no empty filter
+        ratio = _centres(filters) / _centres(base)
+        mid = slice(8, 18)  # mid-band filters, away from the floor-rounded lowest bins and the fixed Nyquist
+        np.testing.assert_allclose(ratio[mid], warp, atol=0.03)
+        assert abs(ratio[-1] - 1.0) < abs(warp - 1.0)  # pulled back towards Nyquist at the top
+    warped = log_filterbank(wav, warp=1.1)
+    assert warped.shape == log_filterbank(wav).shape and not np.allclose(warped, log_filterbank(wav))
+    assert 0 < VTLP_BOUNDARY < 1
+
+
+def test_audio_features_pass_the_warp_through():
+    wav = _speechlike(640 * 20)
+    plain = audio_features(wav, stack_order=4, num_video_frames=20)
+    assert torch.equal(audio_features(wav, stack_order=4, num_video_frames=20, warp=1.0), plain)
+    assert not torch.allclose(audio_features(wav, stack_order=4, num_video_frames=20, warp=0.92), plain)

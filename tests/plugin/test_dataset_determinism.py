@@ -92,3 +92,16 @@ def test_another_epoch_or_seed_gives_other_crops(synthetic_corpus, noise_list):
     assert _crop_starts(ds, _load(other_seed, epoch=1, num_workers=0)) != starts_one
     no_random = _dataset(synthetic_corpus, noise_list, image_aug=False, noise_prob=0.0, random_crop=False)
     assert set(_crop_starts(ds, _load(no_random, epoch=2, num_workers=0))) == {0}
+
+
+def test_vtlp_is_deterministic_per_item_and_changes_only_the_audio(synthetic_corpus, noise_list):
+    plain = _load(_dataset(synthetic_corpus, noise_list), epoch=1, num_workers=0)
+    warped = _load(_dataset(synthetic_corpus, noise_list, audio_vtlp=0.1), epoch=1, num_workers=0)
+    again = _load(_dataset(synthetic_corpus, noise_list, audio_vtlp=0.1), epoch=1, num_workers=2)
+    _assert_same(warped, again)
+    for p, w in zip(plain, warped):
+        fp, fw = _flat(p), _flat(w)
+        assert torch.equal(fp["video"], fw["video"]) and torch.equal(fp["target"], fw["target"])
+        assert fp["audio"].shape == fw["audio"].shape and not torch.allclose(fp["audio"], fw["audio"])
+    with pytest.raises(ValueError, match="audio_vtlp"):
+        _dataset(synthetic_corpus, noise_list, audio_vtlp=1.5)
