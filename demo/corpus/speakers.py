@@ -1,8 +1,8 @@
 """Synthetic speakers: an espeak-ng voice plus a face (mouth geometry, skin, light, camera).
 
-Every speaker gets its own voice variant (voice quality), so speakers of different partitions
-(train / valid / test / babble) never share one: test speakers are unseen in training in both
-voice and face. Parameters are drawn from seeded generators, one per speaker.
+Every held-out speaker (valid / test / babble) gets a voice variant (voice quality) of its own;
+training speakers share the other variants, each with its own accent, prosody and face, so test
+speakers are unseen in training in both voice and face. Parameters are drawn from seeded generators, one per speaker.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from .tts import VoiceSettings
 __all__ = ["BASE_VOICES", "VOICE_VARIANTS", "VoiceProfile", "FaceProfile", "Speaker", "make_speakers"]
 
 # English espeak-ng voices (accents) and voice-quality variants that sound like plain speech
-# (no whisper, robot or croak variants).
+# (no whisper, robot or croak variants; not "travis", whose first formant sits at half its frequency).
 BASE_VOICES: Tuple[str, ...] = (
     "en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
 )
 VOICE_VARIANTS: Tuple[str, ...] = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
-    "adam", "benjamin", "david", "ed", "linda", "max", "paul", "rob", "robert", "steph", "travis",
+    "adam", "benjamin", "david", "ed", "linda", "max", "paul", "rob", "robert", "steph",
     "Andy", "Annie", "belinda", "quincy",
 )
 _SPEAKER_STREAM = 101  # seed-sequence stream ids keep the speaker draws apart from the utterances'
@@ -146,22 +146,33 @@ def _draw_face(rng: np.random.Generator) -> FaceProfile:
 def make_speakers(seed: int, counts: Sequence[Tuple[str, int]]) -> List[Speaker]:
     """Speakers for each `(partition, count)`, in order; ids `spk00`, `spk01`, ...
 
-    Each speaker gets a distinct voice variant, so at most `len(VOICE_VARIANTS)` speakers.
+    Every speaker of a held-out partition (anything but `train`) gets a voice variant of its own, used
+    by no other speaker, so valid / test / babble voices are never heard in training. Training
+    speakers share the remaining variants (in turn), each with its own accent, pitch, rate and face:
+    many training voices from few variants. At most `len(VOICE_VARIANTS) - 1` held-out speakers.
     """
-    total = sum(n for _, n in counts)
-    if total > len(VOICE_VARIANTS):
-        raise ValueError(f"{total} speakers requested, at most {len(VOICE_VARIANTS)} distinct voices are available")
     if any(n < 0 for _, n in counts):
         raise ValueError(f"speaker counts must be >= 0, got {list(counts)}")
+    held_out = sum(n for partition, n in counts if partition != "train")
+    if held_out >= len(VOICE_VARIANTS):
+        raise ValueError(
+            f"{held_out} held-out (valid/test/babble) speakers requested, at most {len(VOICE_VARIANTS) - 1} distinct "
+            "voices are available (one is kept for training)"
+        )
     order_rng = np.random.default_rng([seed, _SPEAKER_STREAM])
     variants = [VOICE_VARIANTS[i] for i in order_rng.permutation(len(VOICE_VARIANTS))]
     bases = [BASE_VOICES[i] for i in order_rng.permutation(len(BASE_VOICES))]
+    own_variants = iter(variants[:held_out])
+    train_variants = variants[held_out:]
     speakers: List[Speaker] = []
-    k = 0
-    for partition, n in counts:
-        for _ in range(n):
-            rng = np.random.default_rng([seed, _SPEAKER_STREAM, k])
-            voice = _draw_voice(rng, bases[k % len(bases)], variants[k])
-            speakers.append(Speaker(f"spk{k:02d}", partition, voice, _draw_face(rng)))
-            k += 1
+    num_train = 0
+    for k, (partition, n) in enumerate((p, n) for p, n in counts for _ in range(n)):
+        if partition == "train":
+            variant = train_variants[num_train % len(train_variants)]
+            num_train += 1
+        else:
+            variant = next(own_variants)
+        rng = np.random.default_rng([seed, _SPEAKER_STREAM, k])
+        voice = _draw_voice(rng, bases[k % len(bases)], variant)
+        speakers.append(Speaker(f"spk{k:02d}", partition, voice, _draw_face(rng)))
     return speakers

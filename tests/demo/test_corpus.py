@@ -262,3 +262,21 @@ def test_visemes_close_for_bilabials_and_render_opening_monotonically():
     assert frames.shape == (6, 96, 96) and frames.dtype == np.uint8
     area = _dark_area(frames)
     assert np.all(np.diff(area) > 0), area
+
+
+def test_held_out_speakers_own_their_voice_variants_and_training_speakers_share_the_rest():
+    from demo.corpus.speakers import VOICE_VARIANTS
+
+    counts = [("train", 60), ("valid", 2), ("test", 3), ("babble", 5)]
+    speakers = make_speakers(0, counts)
+    assert [s.partition for s in speakers] == [p for p, n in counts for _ in range(n)]
+    assert len({s.id for s in speakers}) == len(speakers)
+    held = [s.voice.variant for s in speakers if s.partition != "train"]
+    train = {s.voice.variant for s in speakers if s.partition == "train"}
+    assert len(set(held)) == len(held) == 10 and not set(held) & train
+    assert train == set(VOICE_VARIANTS) - set(held)  # 60 training speakers cycle over all other variants
+    voices = {(s.voice.base, s.voice.variant, s.voice.pitch, s.voice.rate_wpm) for s in speakers}
+    assert len(voices) == len(speakers)
+    assert make_speakers(0, counts) == speakers  # seeded
+    with pytest.raises(ValueError, match="held-out"):
+        make_speakers(0, [("train", 1), ("test", len(VOICE_VARIANTS))])
