@@ -1,6 +1,8 @@
 """Language-model shallow fusion on the demo: WER with and without a small transformer LM.
 
-Reuses a finished `make demo` output folder (corpus, spm model, fine-tuned model):
+Reuses a finished `make demo` output folder (corpus, spm model) and a seq2seq model fine-tuned on it
+(`--checkpoint`; default: the `seq2seq full` model of `python -m demo.compare_finetuning`, since the
+demo's own model is CTC and shallow fusion needs a decoder):
   1. LM text: the training (and validation) transcripts as sentencepiece pieces -> <demo>/lm_fusion/text/
   2. LM: fairseq-preprocess (target dictionary) + fairseq-train transformer_lm -> <demo>/lm_fusion/lm/
   3. lm_weight chosen per mode on the VALID set (clean audio), from `--weights`
@@ -52,6 +54,8 @@ def decode_once(ckpt: Path, data: Path, out: Path, mods: List[str], split: str, 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-dir", default="demo_out", help="a finished `make demo` output folder")
+    p.add_argument("--checkpoint", default=None,
+                   help="seq2seq checkpoint (default <demo-dir>/compare_finetuning/seq2seq_full/checkpoints/checkpoint_last.pt)")
     p.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5])
     # 600 demo transcripts: the LM overfits after ~100 updates (checkpoint_best.pt keeps the best valid loss)
     p.add_argument("--lm-updates", type=int, default=300)
@@ -62,7 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--lm-only", action="store_true", help="stop after training the LM (the demo may still run)")
     a = p.parse_args(argv)
     demo = Path(a.demo_dir).resolve()
-    data, ckpt = demo / "data", demo / "finetune" / "checkpoints" / "checkpoint_last.pt"
+    data = demo / "data"
+    ckpt = Path(a.checkpoint).resolve() if a.checkpoint else demo / "compare_finetuning" / "seq2seq_full" / "checkpoints" / "checkpoint_last.pt"
     spm_models = sorted(data.glob("spm*/*.model"))
     if not spm_models or not (data / "dict.wrd.txt").is_file():
         raise SystemExit(f"no demo corpus in {data}: run `make demo` (or python -m demo.run --out-dir {demo}) first")
@@ -87,8 +92,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if a.lm_only:
         return 0
-    if not (demo / "finetune" / ".done").is_file():
-        raise SystemExit(f"no finished fine-tuning in {demo / 'finetune'}: let the demo finish first")
+    if not ckpt.is_file():
+        raise SystemExit(f"no seq2seq checkpoint {ckpt}: run `python -m demo.compare_finetuning --out-dir {demo}` "
+                         "(its seq2seq full model) or pass --checkpoint")
 
     print("2/4 lm_weight on the valid set (clean)", flush=True)
     chosen: Dict[str, float] = {}

@@ -7,7 +7,8 @@ tiny local causal LM on the training transcripts (`demo.tiny_llm`, no download),
 the same pre-trained encoder three ways with the demo recipe (audio-visual, babble augmentation,
 modality dropout, `--updates` updates, seed fixed):
 
-- `seq2seq full`: conf/demo/finetune.yaml, every weight trains (the demo's model);
+- `seq2seq full`: conf/demo/finetune.yaml, every weight trains (the demo itself fine-tunes with CTC,
+  conf/demo/finetune_ctc.yaml; this table compares seq2seq-based methods);
 - `seq2seq LoRA`: the same with `model.lora_r=8` on the encoder's attention projections (its base
   weights frozen, the decoder trains);
 - `LLM + LoRA`: conf/demo/finetune_llm.yaml, encoder LoRA -> 2x frame stacking -> projector -> the

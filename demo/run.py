@@ -4,7 +4,7 @@ Stages (a rerun reuses every finished stage; outputs under `--out-dir`, default 
   1. corpus    espeak-ng speech + phoneme-driven mouth videos, babble noise   -> data/
   2. cluster   MFCC features, k-means, 100 Hz frame labels (iteration 1)      -> labels/
   3. pretrain  AV-HuBERT masked cluster prediction (conf/demo/pretrain.yaml)  -> pretrain/
-  4. finetune  seq2seq fine-tuning from the pre-trained encoder               -> finetune/
+  4. finetune  CTC fine-tuning from the pre-trained encoder (conf/demo/finetune_ctc.yaml) -> finetune/
      (+ `--compare-scratch`: the same fine-tuning from random initialisation -> scratch/)
   5. decode    infer_s2s in audio, video and audio-visual modes, clean test audio and babble
                at 10, 5, 0, -5 dB                                             -> decode/
@@ -235,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out-dir", default="demo_out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrain-updates", type=int, default=400)
-    p.add_argument("--finetune-updates", type=int, default=400)
+    p.add_argument("--finetune-updates", type=int, default=1600)
     p.add_argument("--n-clusters", type=int, default=50)
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--compare-scratch", action="store_true", help="also fine-tune from random initialisation")
@@ -254,10 +254,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs["scratch"] = (out / "scratch", True)
     ckpts: Dict[str, Path] = {}
     for name, (exp, scratch) in runs.items():
-        _banner(f"4/7 finetune ({name}): seq2seq, audio-visual, babble augmentation")
+        _banner(f"4/7 finetune ({name}): CTC, audio-visual, babble augmentation")
         ckpts[name] = exp / "checkpoints" / "checkpoint_last.pt"
         if not _done(exp / ".done"):
-            hydra_train("finetune", exp, [
+            hydra_train("finetune_ctc", exp, [
                 *finetune_overrides(data, paths.noise_dir, pre_ckpt, a.finetune_updates, a.seed),
                 f"task.tokenizer_bpe_model={paths.spm_model}", f"model.no_pretrained_weights={str(scratch).lower()}"])
             (exp / ".done").touch()
