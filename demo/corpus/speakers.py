@@ -2,7 +2,8 @@
 
 Every held-out speaker (valid / test / babble) gets a voice variant (voice quality) of its own;
 training speakers share the other variants, each with its own accent, prosody and face, so test
-speakers are unseen in training in both voice and face. Parameters are drawn from seeded generators, one per speaker.
+speakers are unseen in training in both voice and face. Parameters are drawn from seeded
+generators, one per speaker.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def make_speakers(seed: int, counts: Sequence[Tuple[str, int]]) -> List[Speaker]
     own_variants = iter(variants[:held_out])
     train_variants = variants[held_out:]
     speakers: List[Speaker] = []
+    partitions = [partition for partition, n in counts for _ in range(n)]
     num_train = 0
-    for k, (partition, n) in enumerate((p, n) for p, n in counts for _ in range(n)):
+    for k, partition in enumerate(partitions):
         if partition == "train":
             variant = train_variants[num_train % len(train_variants)]
             num_train += 1
