@@ -113,54 +113,75 @@ class Synthesis:
         return len(self.samples) / self.sample_rate_hz
 
 
+class _Engine:
+    """The process's one initialised libespeak-ng: the engine and its synthesis callback are
+    process-wide, so every `EspeakSynthesizer` shares this (a second `espeak_Initialize` would
+    replace the callback, and the first synthesizer's children would call a freed one)."""
+
+    def __init__(self, library: str) -> None:
+        try:
+            lib = ctypes.CDLL(library)
+        except OSError as exc:
+            raise EspeakError(f"cannot load {library} ({exc}); {INSTALL_HINT}") from None
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS)
+        if rate <= 0:
+            raise EspeakError(f"espeak_Initialize failed ({rate}); is espeak-ng-data installed? {INSTALL_HINT}")
+        self.chunks: List[np.ndarray] = []
+        self.events: List[Tuple[str, int]] = []
+        self.callback = _SynthCallback(self._on_audio)  # referenced for the life of the process
+        lib.espeak_SetSynthCallback(self.callback)
+        self.libc = ctypes.CDLL(None)
+        self.lib = lib
+        self.library = library
+        self.sample_rate_hz = int(rate)
+
+    def _on_audio(self, wav, num_samples: int, events) -> int:
+        if num_samples > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_PHONEME:
+                self.events.append((events[i].id.string.decode("ascii", "replace"), int(events[i].sample)))
+            i += 1
+        return 0
+
+
+_ENGINE: Optional[_Engine] = None
+
+
+def _engine(library: str) -> _Engine:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _Engine(library)
+    elif _ENGINE.library != library:
+        raise EspeakError(f"libespeak-ng is already loaded from {_ENGINE.library} in this process; cannot also use {library}")
+    return _ENGINE
+
+
 class EspeakSynthesizer:
     """Seeded espeak-ng synthesis, one forked child per utterance (see module docstring).
 
-    The library is loaded and initialised on the first `synthesize` call, in the calling
-    process; that process must not synthesise itself (it never does here).
+    The library is loaded and initialised on the first `synthesize` call, once per process
+    (shared by all instances); that process must not synthesise itself (it never does here).
     """
 
     def __init__(self, library: str = ESPEAK_LIBRARY) -> None:
         self.library = library
-        self._lib: Optional[ctypes.CDLL] = None
-        self._libc: Optional[ctypes.CDLL] = None
-        self._callback = None
-        self._chunks: List[np.ndarray] = []
-        self._events: List[Tuple[str, int]] = []
+        self._engine: Optional[_Engine] = None
         self.sample_rate_hz = 0
 
     # -- set-up (parent) ------------------------------------------------------------------
-    def _ensure_initialized(self) -> None:
-        if self._lib is not None:
-            return
-        try:
-            lib = ctypes.CDLL(self.library)
-        except OSError as exc:
-            raise EspeakError(f"cannot load {self.library} ({exc}); {INSTALL_HINT}") from None
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS)
-        if rate <= 0:
-            raise EspeakError(f"espeak_Initialize failed ({rate}); is espeak-ng-data installed? {INSTALL_HINT}")
-        self._callback = _SynthCallback(self._on_audio)
-        lib.espeak_SetSynthCallback(self._callback)
-        self._libc = ctypes.CDLL(None)
-        self._lib = lib
-        self.sample_rate_hz = int(rate)
+    def _ensure_initialized(self) -> _Engine:
+        if self._engine is None:
+            self._engine = _engine(self.library)
+            self.sample_rate_hz = self._engine.sample_rate_hz
+        return self._engine
 
     def version(self) -> str:
         """The libespeak-ng version (e.g. `1.51`); output differs between versions."""
-        self._ensure_initialized()
-        self._lib.espeak_Info.restype = ctypes.c_char_p
-        return self._lib.espeak_Info(None).decode("ascii", "replace")
-
-    def _on_audio(self, wav, num_samples: int, events) -> int:
-        if num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            if events[i].type == _EVENT_PHONEME:
-                self._events.append((events[i].id.string.decode("ascii", "replace"), int(events[i].sample)))
-            i += 1
-        return 0
+        lib = self._ensure_initialized().lib
+        lib.espeak_Info.restype = ctypes.c_char_p
+        return lib.espeak_Info(None).decode("ascii", "replace")
 
     # -- synthesis ------------------------------------------------------------------------
     def synthesize(self, text: str, voice: VoiceSettings, noise_seed: int = 0) -> Synthesis:
@@ -201,7 +222,8 @@ class EspeakSynthesizer:
         return self._to_synthesis(samples, events, text)
 
     def _synthesize_here(self, text: str, voice: VoiceSettings, noise_seed: int):
-        lib = self._lib
+        engine = self._ensure_initialized()
+        lib = engine.lib
         if lib.espeak_SetVoiceByName(voice.voice.encode("utf-8")) != _EE_OK:
             raise _VoiceError("espeak_SetVoiceByName failed")
         for param, value in (
@@ -211,14 +233,14 @@ class EspeakSynthesizer:
             (_PARAM_WORDGAP, voice.word_gap_10ms),
         ):
             lib.espeak_SetParameter(param, int(value), 0)
-        self._libc.srand(ctypes.c_uint(noise_seed & 0xFFFFFFFF))
+        engine.libc.srand(ctypes.c_uint(noise_seed & 0xFFFFFFFF))
         buf = text.encode("utf-8") + b"\0"
         err = lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != _EE_OK:
             raise RuntimeError(f"espeak_Synth returned {err}")
         lib.espeak_Synchronize()
-        samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return samples.astype(np.int16), list(self._events)
+        samples = np.concatenate(engine.chunks) if engine.chunks else np.zeros(0, np.int16)
+        return samples.astype(np.int16), list(engine.events)
 
     def _to_synthesis(self, samples: np.ndarray, events: List[Tuple[str, int]], text: str) -> Synthesis:
         if samples.size == 0 or not events:

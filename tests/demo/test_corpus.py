@@ -242,6 +242,23 @@ def test_tts_is_seeded_and_timed():
         synth.synthesize("go", VoiceSettings("no-such-voice"), noise_seed=0)
 
 
+def test_synthesizers_share_the_process_engine():
+    """espeak-ng's engine and callback are process-wide: a second synthesizer, even once garbage
+    collected, must not break the first one (its children used to die of SIGSEGV)."""
+    import gc
+
+    voice = VoiceSettings("en-gb-scotland+adam", rate_wpm=152, pitch=45)
+    first = EspeakSynthesizer()
+    a = first.synthesize("six five", voice, noise_seed=3)
+    second = EspeakSynthesizer()
+    b = second.synthesize("six five", voice, noise_seed=3)
+    del second
+    gc.collect()
+    c = first.synthesize("six five", voice, noise_seed=3)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    np.testing.assert_array_equal(a.samples, c.samples)
+
+
 def test_visemes_close_for_bilabials_and_render_opening_monotonically():
     from demo.corpus.tts import Phone
 
@@ -280,3 +297,4 @@ def test_held_out_speakers_own_their_voice_variants_and_training_speakers_share_
     assert make_speakers(0, counts) == speakers  # seeded
     with pytest.raises(ValueError, match="held-out"):
         make_speakers(0, [("train", 1), ("test", len(VOICE_VARIANTS))])
+
