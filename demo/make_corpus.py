@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed")
     p.add_argument("--num-train", type=int, default=d.num_train, help="train utterances")
+    p.add_argument("--num-unlabelled", type=int, default=d.num_unlabelled,
+                   help="more training-speaker utterances for pre-training only (pretrain/train.tsv, no transcripts)")
     p.add_argument("--num-valid", type=int, default=d.num_valid, help="valid utterances")
     p.add_argument("--num-test", type=int, default=d.num_test, help="test utterances")
     p.add_argument("--train-speakers", type=int, default=d.train_speakers, help="train speakers")
@@ -62,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = CorpusConfig(
         seed=args.seed,
         num_train=args.num_train,
+        num_unlabelled=args.num_unlabelled,
         num_valid=args.num_valid,
         num_test=args.num_test,
         train_speakers=args.train_speakers,

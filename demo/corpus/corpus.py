@@ -6,6 +6,9 @@ Writes under `out_dir`:
 - `video/{id}.mp4`   25 fps 96x96 grayscale mouth video (mp4v) rendered from the phonemes and the audio
 - `{train,valid,test}.tsv`  manifests (root line = `out_dir`, paths relative to it)
 - `{train,valid,test}.wrd`  lower-case transcripts, one per manifest row
+- `pretrain/{train,valid}.tsv` (when `num_unlabelled` > 0) the pre-training manifests: the labelled
+  training utterances plus `num_unlabelled` more from the same speakers, whose transcripts are not
+  written anywhere (speech without labels, as in AV-HuBERT's setting); valid as above
 - `spm{V}/spm_unigram{V}.{model,vocab,txt}` and `dict.wrd.txt` (sentencepiece, vocab <= V)
 - `noise/wav/{split}-{k}.wav`, `noise/{split}.tsv`  babble (absolute wav paths, no header)
 - `demo_corpus.json`  the configuration and every speaker's voice and face parameters
@@ -84,6 +87,7 @@ class CorpusConfig:
 
     seed: int = 0
     num_train: int = 600
+    num_unlabelled: int = 0  # more training-speaker utterances, for pre-training only (pretrain/train.tsv)
     num_valid: int = 60
     num_test: int = 100
     train_speakers: int = 100  # many voices, 6 utterances each: the held-out voices are then not far from all of them
@@ -100,7 +104,7 @@ class CorpusConfig:
     babble_talkers: int = 6
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_valid", "num_test", "num_noise_train", "num_noise_valid", "num_noise_test"):
+        for name in ("num_train", "num_unlabelled", "num_valid", "num_test", "num_noise_train", "num_noise_valid", "num_noise_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("train_speakers", "valid_speakers", "test_speakers", "babble_speakers", "babble_talkers"):
@@ -119,7 +123,8 @@ class CorpusConfig:
             raise ValueError(f"noise_sec must be > 0, got {self.noise_sec}")
 
     def num_utterances(self, split: str) -> int:
-        return {"train": self.num_train, "valid": self.num_valid, "test": self.num_test}[split]
+        """Utterances generated for `split` (train: the labelled ones, then the unlabelled ones)."""
+        return {"train": self.num_train + self.num_unlabelled, "valid": self.num_valid, "test": self.num_test}[split]
 
     def num_noise(self, split: str) -> int:
         return {"train": self.num_noise_train, "valid": self.num_noise_valid, "test": self.num_noise_test}[split]
@@ -127,8 +132,8 @@ class CorpusConfig:
     def content_key(self) -> Dict:
         """The fields that determine each file's content (plus the generator version)."""
         d = asdict(self)
-        for name in ("num_train", "num_valid", "num_test", "vocab_size", "num_noise_train", "num_noise_valid",
-                     "num_noise_test"):
+        for name in ("num_train", "num_unlabelled", "num_valid", "num_test", "vocab_size", "num_noise_train",
+                     "num_noise_valid", "num_noise_test"):
             d.pop(name)
         d["generator_version"] = GENERATOR_VERSION
         return d
@@ -153,6 +158,7 @@ class CorpusPaths:
 
     out_dir: Path
     manifests: Dict[str, Path]
+    pretrain_dir: Path  # train.tsv + valid.tsv for pre-training (`out_dir` itself when there is no unlabelled speech)
     transcripts: Dict[str, Path]
     spm_model: Path
     dictionary: Path
@@ -168,6 +174,7 @@ class UtteranceSpec:
     speaker: Speaker
     text: str
     seed: int
+    labelled: bool = True  # False: an unlabelled pre-training utterance (in pretrain/train.tsv only)
 
     @property
     def video_rel(self) -> str:
@@ -211,7 +218,8 @@ def plan_utterances(cfg: CorpusConfig, speakers: Sequence[Speaker]) -> List[Utte
             speaker = pool[index % len(pool)]
             text = sample_transcript(rng, cfg.min_words, cfg.max_words)
             seed = int(rng.integers(0, 2**31 - 1))
-            specs.append(UtteranceSpec(f"{split}-{speaker.id}-{index:05d}", split, index, speaker, text, seed))
+            labelled = split != "train" or index < cfg.num_train
+            specs.append(UtteranceSpec(f"{split}-{speaker.id}-{index:05d}", split, index, speaker, text, seed, labelled))
     return specs
 
 
@@ -344,6 +352,7 @@ def _corpus_paths(out_dir: Path, cfg: CorpusConfig) -> CorpusPaths:
     return CorpusPaths(
         out_dir=out_dir,
         manifests={s: out_dir / f"{s}.tsv" for s in SPLITS},
+        pretrain_dir=out_dir / "pretrain" if cfg.num_unlabelled > 0 else out_dir,
         transcripts={s: out_dir / f"{s}.wrd" for s in SPLITS},
         spm_model=Path(f"{spm_prefix}.model"),
         dictionary=out_dir / "dict.wrd.txt",
@@ -417,18 +426,21 @@ def _write_text_outputs(
     from preparation.tokenizer import train_sentencepiece
 
     root = str(paths.out_dir)
+
+    def row(spec: UtteranceSpec) -> ManifestRow:
+        res = results[spec.utt_id]
+        return ManifestRow(spec.utt_id, spec.video_rel, spec.audio_rel, res.num_video_frames, res.num_audio_samples)
+
     for split in SPLITS:
-        rows, texts = [], []
-        for spec in (s for s in specs if s.split == split):
-            res = results[spec.utt_id]
-            rows.append(ManifestRow(spec.utt_id, spec.video_rel, spec.audio_rel, res.num_video_frames,
-                                    res.num_audio_samples))
-            texts.append(spec.text)
-        write_manifest(paths.manifests[split], root, rows)
-        write_lines(paths.transcripts[split], texts)
+        labelled = [s for s in specs if s.split == split and s.labelled]
+        write_manifest(paths.manifests[split], root, [row(s) for s in labelled])
+        write_lines(paths.transcripts[split], [s.text for s in labelled])
         write_lines(paths.noise_lists[split], (str(paths.out_dir / n.wav_rel) for n in noise if n.split == split))
+    if paths.pretrain_dir != paths.out_dir:
+        for split in ("train", "valid"):
+            write_manifest(paths.pretrain_dir / f"{split}.tsv", root, [row(s) for s in specs if s.split == split])
     # every vocabulary word once, so that valid/test words are covered even by a tiny train split
-    train_texts = [s.text for s in specs if s.split == "train"] + list(VOCABULARY)
+    train_texts = [s.text for s in specs if s.split == "train" and s.labelled] + list(VOCABULARY)
     _, dict_path = train_sentencepiece(train_texts, paths.spm_model.with_suffix(""), cfg.vocab_size)
     with atomic_path(paths.dictionary) as tmp:
         shutil.copyfile(dict_path, tmp)
@@ -443,7 +455,7 @@ def generate_corpus(
 ) -> CorpusPaths:
     """Generate (or finish, or reuse) the demo corpus in `out_dir`; returns its paths.
 
-    `cfg` defaults to `CorpusConfig()` (600/60/100 utterances, seed 0).
+    `cfg` defaults to `CorpusConfig()` (600/60/100 utterances, no unlabelled ones, seed 0).
 
     Resumable: finished media files are kept, and a complete corpus with the same
     configuration (done marker) returns at once. Raises `ValueError` when `out_dir` holds a

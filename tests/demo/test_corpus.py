@@ -298,3 +298,30 @@ def test_held_out_speakers_own_their_voice_variants_and_training_speakers_share_
     with pytest.raises(ValueError, match="held-out"):
         make_speakers(0, [("train", 1), ("test", len(VOICE_VARIANTS))])
 
+
+def test_unlabelled_utterances_extend_the_pretraining_manifest_only(corpus, tmp_path):
+    """`num_unlabelled` adds training-speaker utterances to pretrain/train.tsv alone: the labelled
+    manifests, transcripts and tokenizer stay those of the corpus without them (files reused)."""
+    from avdata.manifest import read_manifest
+
+    out, paths = corpus
+    work = tmp_path / "more"
+    shutil.copytree(out, work)
+    cfg = CorpusConfig(**{**TINY.__dict__, "num_unlabelled": 3})
+    more = generate_corpus(work, cfg, num_workers=1, progress=False)
+    assert paths.pretrain_dir == out and more.pretrain_dir == work / "pretrain"
+    for split in SPLITS:
+        assert (work / f"{split}.tsv").read_text() == (out / f"{split}.tsv").read_text().replace(str(out), str(work))
+        assert (work / f"{split}.wrd").read_text() == (out / f"{split}.wrd").read_text()
+    assert more.spm_model.with_suffix(".vocab").read_text() == paths.spm_model.with_suffix(".vocab").read_text()
+    assert more.dictionary.read_text() == paths.dictionary.read_text()
+    root, rows = read_manifest(more.pretrain_dir / "train.tsv")
+    _, labelled = read_manifest(work / "train.tsv")
+    assert root == str(work) and [r.id for r in rows[:TINY.num_train]] == [r.id for r in labelled]
+    extra = rows[TINY.num_train:]
+    assert len(extra) == 3 and all((work / r.video).is_file() and (work / r.audio).is_file() for r in extra)
+    train_speakers = {r.id.split("-")[1] for r in labelled}
+    assert {r.id.split("-")[1] for r in extra} <= train_speakers
+    assert read_manifest(more.pretrain_dir / "valid.tsv")[1] == read_manifest(work / "valid.tsv")[1]
+    texts = (work / "train.wrd").read_text().splitlines()
+    assert len(texts) == TINY.num_train
