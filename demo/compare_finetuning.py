@@ -99,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         exp = cmp_dir / slug
         _banner(f"fine-tune: {name}")
         if not _done(exp / ".done"):
-            hydra_train(conf, exp, overrides)
+            hydra_train(conf, exp, overrides, procs=1)  # the README's comparison was measured with one rank
             (exp / ".done").touch()
         metrics = json.loads((exp / "checkpoints" / "metrics.json").read_text())
         _banner(f"decode: {name}")

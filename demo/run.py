@@ -3,7 +3,8 @@
 Stages (a rerun reuses every finished stage; outputs under `--out-dir`, default `demo_out/`):
   1. corpus    espeak-ng speech + phoneme-driven mouth videos, babble noise   -> data/
   2. cluster   MFCC features, k-means, 100 Hz frame labels (iteration 1)      -> labels/
-  3. pretrain  AV-HuBERT masked cluster prediction (conf/demo/pretrain.yaml)  -> pretrain/
+  3. pretrain  AV-HuBERT masked cluster prediction (conf/demo/pretrain.yaml) on the labelled
+               training utterances plus 1200 unlabelled ones                  -> pretrain/
   4. finetune  CTC fine-tuning from the pre-trained encoder (conf/demo/finetune_ctc.yaml) -> finetune/
      (+ `--compare-scratch`: the same fine-tuning from random initialisation -> scratch/)
   5. decode    infer_s2s in audio, video and audio-visual modes, clean test audio and babble
@@ -17,11 +18,15 @@ import argparse
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+from avdata.procs import set_parent_death_signal
 
 from .fast_malloc import find_tcmalloc, with_tcmalloc
 
@@ -46,22 +51,48 @@ def _done(path: Path) -> bool:
     return False
 
 
-# The demo's trainers run one intra-op thread: the tiny models' kernels are too small to split. On the
-# 2-core CPU, 80 pre-training updates took 43 s with 1 thread and 54 s with 2; 140 CTC fine-tuning
-# updates 27 s and 40 s.
+# The demo's trainers run one intra-op thread per process: the tiny models' kernels are too small to
+# split (on the 2-core CPU, 80 pre-training updates took 43 s with 1 thread and 54 s with 2; 140 CTC
+# fine-tuning updates 27 s and 40 s). The second core runs a second data-parallel rank instead.
 TRAIN_THREADS = 1
+TRAIN_PROCS = 2
+# Pre-training sees the 600 labelled training utterances plus this many unlabelled ones of the same
+# speakers (AV-HuBERT's setting: more speech than transcripts).
+UNLABELLED_UTTERANCES = 1200
+# Test decodes run two conditions at a time, in processes of one thread each.
+DECODE_WORKERS = 2
 
 
-def run_logged(cmd: Sequence[str], log_path: Path, show: Sequence[str] = ("[train_inner]", "done training"),
-               threads: Optional[int] = None) -> None:
-    """Run a command, keep its full log in `log_path`, echo the progress lines; `threads` sets the
-    command's OMP/MKL thread count (default: inherited)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def _train_env(threads: Optional[int]) -> Dict[str, str]:
+    """The environment of a child command: the repo importable, tcmalloc preloaded when installed,
+    `threads` OMP/MKL threads (default: inherited)."""
     env = with_tcmalloc(dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def _kill_when_one_fails(main: subprocess.Popen, companions: Sequence[subprocess.Popen]) -> None:
+    """Poll the companion ranks; when one exits non-zero, kill `main` (it would otherwise wait in a
+    collective until gloo's 30-minute timeout)."""
+    while main.poll() is None:
+        if any(c.poll() not in (None, 0) for c in companions):
+            main.kill()
+            return
+        time.sleep(0.5)
+
+
+def run_logged(cmd: Sequence[str], log_path: Path, show: Sequence[str] = ("[train_inner]", "done training"),
+               threads: Optional[int] = None, companions: Sequence[subprocess.Popen] = ()) -> None:
+    """Run a command, keep its full log in `log_path`, echo the progress lines; `threads` sets the
+    command's OMP/MKL thread count (default: inherited). `companions`: processes that run alongside
+    (the other ranks of a distributed run); the command is killed when one of them fails."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=_train_env(threads))
+        if companions:
+            threading.Thread(target=_kill_when_one_fails, args=(proc, companions), daemon=True).start()
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -81,46 +112,112 @@ def _short(line: str) -> str:
     return line[-120:]
 
 
-def hydra_train(conf: str, exp: Path, overrides: Sequence[str]) -> Path:
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hydra_train(conf: str, exp: Path, overrides: Sequence[str], procs: int = TRAIN_PROCS) -> Path:
+    """`fairseq-hydra-train` with `conf/demo/{conf}.yaml`; `procs` > 1 runs that many data-parallel
+    CPU ranks (gloo over localhost, fairseq's legacy_ddp): each rank reads its own batches of
+    `dataset.max_tokens`, gradients are summed, rank 0 logs and writes the checkpoints."""
     train_bin = Path(sys.executable).parent / "fairseq-hydra-train"
     cmd = [str(train_bin), "--config-dir", str(REPO / "conf" / "demo"), "--config-name", conf,
-           f"common.user_dir={REPO / 'avhubert'}", f"hydra.run.dir={exp}", f"checkpoint.save_dir={exp / 'checkpoints'}",
-           *overrides]
-    run_logged(cmd, exp / "train.log", threads=TRAIN_THREADS)
+           f"common.user_dir={REPO / 'avhubert'}", f"checkpoint.save_dir={exp / 'checkpoints'}", *overrides]
+    if procs == 1:
+        run_logged([*cmd, f"hydra.run.dir={exp}"], exp / "train.log", threads=TRAIN_THREADS)
+        return exp / "checkpoints" / "checkpoint_last.pt"
+    dist = [f"distributed_training.distributed_world_size={procs}", "distributed_training.distributed_backend=gloo",
+            f"distributed_training.distributed_init_method=tcp://127.0.0.1:{_free_port()}",
+            "distributed_training.distributed_no_spawn=true"]
+    exp.mkdir(parents=True, exist_ok=True)
+    others: List[subprocess.Popen] = []
+    try:
+        for rank in range(1, procs):
+            with open(exp / f"train.rank{rank}.log", "w") as log:  # the child keeps its own handle
+                others.append(subprocess.Popen(
+                    [*cmd, *dist, f"distributed_training.distributed_rank={rank}", f"hydra.run.dir={exp / f'rank{rank}'}"],
+                    stdout=log, stderr=subprocess.STDOUT, env=_train_env(TRAIN_THREADS),
+                    preexec_fn=set_parent_death_signal))
+        run_logged([*cmd, *dist, "distributed_training.distributed_rank=0", f"hydra.run.dir={exp}"], exp / "train.log",
+                   threads=TRAIN_THREADS, companions=others)
+        for other in others:
+            other.wait()
+    finally:
+        stopped = set()
+        for other in others:
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+                stopped.add(other.pid)
+        for rank, other in enumerate(others, start=1):  # a failed rank's log says why rank 0 was stopped
+            if other.pid not in stopped and other.returncode != 0:
+                raise RuntimeError(f"training rank {rank} failed (exit {other.returncode}), log: "
+                                   f"{exp / f'train.rank{rank}.log'}")
     return exp / "checkpoints" / "checkpoint_last.pt"
 
 
-def decode_grid(ckpt: Path, data: Path, out: Path, beam: int, conditions: Sequence[Optional[float]] = CONDITIONS,
-                max_len_b: int = 12) -> Dict[str, Dict[str, float]]:
-    """WER for every mode x condition (video-only ignores the audio noise: decoded once); at most
-    `max_len_b` output tokens per utterance (12 sentencepiece tokens cover the corpus's 1-4 words)."""
+def _init_decode_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _decode_one(ckpt: str, data: str, results_path: str, beam: int, modalities: List[str], snr: Optional[float],
+                max_len_b: int, loader_workers: Optional[int] = None) -> Tuple[float, int, float]:
+    """One `infer_s2s` decode of the test split -> (WER, utterances, seconds); `loader_workers`:
+    its data loader processes (default: infer_s2s's)."""
     from omegaconf import OmegaConf
 
     from avhubert.infer_s2s import InferConfig, decode
 
-    results: Dict[str, Dict[str, float]] = {}
+    cfg = OmegaConf.structured(InferConfig)
+    cfg.common_eval.path, cfg.common_eval.results_path = ckpt, results_path
+    cfg.dataset.gen_subset, cfg.dataset.max_tokens = "test", 2000
+    if loader_workers is not None:
+        cfg.dataset.num_workers = loader_workers
+    cfg.generation.beam, cfg.generation.max_len_a, cfg.generation.max_len_b = beam, 0.0, max_len_b
+    cfg.override.modalities, cfg.override.data = modalities, data
+    if snr is not None:
+        cfg.override.noise_wav, cfg.override.noise_prob, cfg.override.noise_snr = str(Path(data) / "noise"), 1.0, snr
+    t0 = time.perf_counter()
+    res = decode(cfg)
+    return float(res["wer"]), int(res["num_utts"]), time.perf_counter() - t0
+
+
+def decode_grid(ckpt: Path, data: Path, out: Path, beam: int, conditions: Sequence[Optional[float]] = CONDITIONS,
+                max_len_b: int = 12, workers: int = DECODE_WORKERS) -> Dict[str, Dict[str, float]]:
+    """WER for every mode x condition (video-only ignores the audio noise: decoded once); at most
+    `max_len_b` output tokens per utterance (12 sentencepiece tokens cover the corpus's 1-4 words).
+    `workers` > 1 decodes that many conditions at a time, in processes of one thread each."""
     cache = out / "wer.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    for mode, mods in MODES.items():
-        results[mode] = {}
-        for snr in conditions:
-            name = "clean" if snr is None else f"{snr:g} dB"
-            if mode == "video" and snr is not None and "clean" in results[mode]:
-                results[mode][name] = results[mode]["clean"]
-                continue
-            cfg = OmegaConf.structured(InferConfig)
-            cfg.common_eval.path = str(ckpt)
-            cfg.common_eval.results_path = str(out / mode.replace("-", "_") / name.replace(" ", ""))
-            cfg.dataset.gen_subset, cfg.dataset.max_tokens = "test", 2000
-            cfg.generation.beam, cfg.generation.max_len_a, cfg.generation.max_len_b = beam, 0.0, max_len_b
-            cfg.override.modalities, cfg.override.data = mods, str(data)
-            if snr is not None:
-                cfg.override.noise_wav, cfg.override.noise_prob, cfg.override.noise_snr = str(data / "noise"), 1.0, snr
-            t0 = time.perf_counter()
-            res = decode(cfg)
-            results[mode][name] = res["wer"]
-            print(f"    {mode:>12} {name:>6}: WER {res['wer']:6.2f}%  ({res['num_utts']} utts, {time.perf_counter() - t0:.0f} s)", flush=True)
+    names = {snr: "clean" if snr is None else f"{snr:g} dB" for snr in conditions}
+    jobs = {(mode, names[snr]): (str(ckpt), str(data), str(out / mode.replace("-", "_") / names[snr].replace(" ", "")),
+                                 beam, mods, snr, max_len_b)
+            for mode, mods in MODES.items() for snr in conditions if not (mode == "video" and snr is not None)}
+    done: Dict[Tuple[str, str], float] = {}
+
+    def report(key: Tuple[str, str], result: Tuple[float, int, float]) -> None:
+        done[key] = result[0]
+        print(f"    {key[0]:>12} {key[1]:>6}: WER {result[0]:6.2f}%  ({result[1]} utts, {result[2]:.0f} s)", flush=True)
+
+    if min(workers, len(jobs)) <= 1:
+        for key, args in jobs.items():
+            report(key, _decode_one(*args))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_decode_worker) as pool:
+            futures = {pool.submit(_decode_one, *args, loader_workers=0): key for key, args in jobs.items()}
+            for future in as_completed(futures):
+                report(futures[future], future.result())
+    results = {mode: {names[snr]: done[(mode, names[snr] if mode != "video" else "clean")] for snr in conditions}
+               for mode in MODES}
     cache.write_text(json.dumps(results, indent=2))
     return results
 
@@ -203,20 +300,21 @@ def transcribe_example(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str
     return {"id": row.id, "ref": ref, "hyp": hyp["text"]}
 
 
-def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int,
-                       pretrain_updates: int) -> Tuple[Path, "CorpusPaths", Path]:
-    """Stages 1-3 (each reused when finished): corpus, MFCC clusters, pre-training.
-    Returns (data folder, corpus paths, pre-trained checkpoint)."""
+def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int, pretrain_updates: int,
+                       num_unlabelled: int = UNLABELLED_UTTERANCES) -> Tuple[Path, "CorpusPaths", Path]:
+    """Stages 1-3 (each reused when finished): corpus, MFCC clusters, pre-training (on the labelled
+    training utterances plus `num_unlabelled` unlabelled ones). Returns (data folder, corpus paths,
+    pre-trained checkpoint)."""
     _banner("1/7 corpus: TTS speech + mouth videos + babble noise")
     from demo.corpus import CorpusConfig, generate_corpus
 
     data = out / "data"
-    paths = generate_corpus(data, CorpusConfig(seed=seed), num_workers=num_workers)
+    paths = generate_corpus(data, CorpusConfig(seed=seed, num_unlabelled=num_unlabelled), num_workers=num_workers)
 
     _banner("2/7 cluster: MFCC features -> k-means -> 100 Hz labels")
     labels = out / "labels"
     if not _done(labels / ".done"):
-        run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(data), "--out-dir", str(labels),
+        run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(paths.pretrain_dir), "--out-dir", str(labels),
                     "--feature", "mfcc", "--n-clusters", str(n_clusters), "--nshard", "2", "--label-ext", "mfcc",
                     "--valid-splits", "valid", "--num-workers", str(num_workers), "--seed", str(seed)],
                    labels / "cluster.log", show=("stage", "inertia"))
@@ -226,7 +324,7 @@ def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int,
     pre = out / "pretrain"
     pre_ckpt = pre / "checkpoints" / "checkpoint_last.pt"
     if not _done(pre / ".done"):
-        hydra_train("pretrain", pre, [f"task.data={data}", f"task.label_dir={labels}",
+        hydra_train("pretrain", pre, [f"task.data={paths.pretrain_dir}", f"task.label_dir={labels}",
                                       f"optimization.max_update={pretrain_updates}", f"common.seed={seed}"])
         (pre / ".done").touch()
 
@@ -245,6 +343,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out-dir", default="demo_out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pretrain-updates", type=int, default=400)
+    p.add_argument("--unlabelled", type=int, default=UNLABELLED_UTTERANCES,
+                   help="unlabelled training-speaker utterances added to the pre-training data")
     p.add_argument("--finetune-updates", type=int, default=2000)
     p.add_argument("--n-clusters", type=int, default=50)
     p.add_argument("--beam", type=int, default=3)
@@ -257,7 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if find_tcmalloc() is None:
         print("note: libtcmalloc_minimal not found (Debian: libtcmalloc-minimal4); training runs about 20% slower")
 
-    data, paths, pre_ckpt = prepare_pretrained(out, a.seed, a.num_workers, a.n_clusters, a.pretrain_updates)
+    data, paths, pre_ckpt = prepare_pretrained(out, a.seed, a.num_workers, a.n_clusters, a.pretrain_updates,
+                                               a.unlabelled)
 
     runs = {"pretrained": (out / "finetune", False)}
     if a.compare_scratch:
