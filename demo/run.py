@@ -159,10 +159,13 @@ def hydra_train(conf: str, exp: Path, overrides: Sequence[str], procs: int = TRA
 
 
 def _init_decode_worker() -> None:
+    """As `main`: warnings on the console, infer_s2s's per-utterance lines in its decode.log only."""
     import torch
 
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
 
 
 def _decode_one(ckpt: str, data: str, results_path: str, beam: int, modalities: List[str], snr: Optional[float],
