@@ -285,8 +285,8 @@ class AVHubertModel(BaseFairseqModel):
             feats.setdefault(m, torch.zeros_like(ref))
         return feats
 
-    def drop_modality(self, feats: Dict[str, torch.Tensor], which: str = "sample") -> Dict[str, torch.Tensor]:
-        """Modality dropout: zero one stream after its front-end. `which` (`MODALITY_DROP_CHOICES`):
+    def resolve_modality_drop(self, which: str = "sample") -> str:
+        """The modality dropout decision, "none", "audio" or "video". `which` (`MODALITY_DROP_CHOICES`):
 
         - "sample": the pre-training draw, training mode only: once per batch with prob
           `modality_dropout`, then audio with prob `audio_dropout` (torch RNG; reference: NumPy);
@@ -295,10 +295,15 @@ class AVHubertModel(BaseFairseqModel):
         if which not in MODALITY_DROP_CHOICES:
             hint = " (None is not accepted: 'sample' draws from the config, 'none' drops nothing)" if which is None else ""
             raise ValueError(f"modality_drop must be one of {', '.join(MODALITY_DROP_CHOICES)}, got {which!r}{hint}")
-        if which == "sample":
-            which = "none"
-            if self.training and float(torch.rand(())) < self.cfg.modality_dropout:
-                which = "audio" if float(torch.rand(())) < self.cfg.audio_dropout else "video"
+        if which != "sample":
+            return which
+        if self.training and float(torch.rand(())) < self.cfg.modality_dropout:
+            return "audio" if float(torch.rand(())) < self.cfg.audio_dropout else "video"
+        return "none"
+
+    def drop_modality(self, feats: Dict[str, torch.Tensor], which: str = "sample") -> Dict[str, torch.Tensor]:
+        """Modality dropout: zero one stream after its front-end (`which` as `resolve_modality_drop`)."""
+        which = self.resolve_modality_drop(which)
         if which == "none":
             return feats
         return {**feats, which: feats[which] * 0}
@@ -373,7 +378,14 @@ class AVHubertModel(BaseFairseqModel):
         mask_indices = None
         if mask and self.masking_type == "input":
             audio, video, mask_indices = self.mask_inputs(audio, video, padding_mask, mask_audio, mask_video)
-        feats = self.drop_modality(self.encode_modalities(audio, video), modality_drop)
+        # The decision comes first: a dropped stream's front-end is not run (its output would be
+        # multiplied by zero; the ResNet is ~80 % of a small model's step). Its parameters then get
+        # no gradient in that batch: DDP needs legacy_ddp or find_unused_parameters (the shipped
+        # configs set one of them).
+        drop = self.resolve_modality_drop(modality_drop)
+        feats = self.drop_modality(self.encode_modalities(
+            audio if drop != "audio" or video is None else None,
+            video if drop != "video" or audio is None else None), drop)
         features = self.fuse(feats)  # [B, C, T]
         if target_list is not None:
             features, target_list = self.align_targets(features, target_list)

@@ -247,3 +247,30 @@ def test_bf16_autocast_option_returns_fp32_outputs_close_to_fp32():
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
     feats, _ = model.extract_features({"audio": audio, "video": video}, pad)
     assert feats.dtype == torch.float32
+
+
+@pytest.mark.parametrize("which", ["audio", "video"])
+def test_dropped_stream_front_end_is_not_run(which):
+    """A dropped stream is zeros, as the reference's `0 * features`, without running its front-end
+    (the ResNet is most of a small model's step); its parameters get no gradient from that batch."""
+    model = tiny_model(modality_dropout=1.0, audio_dropout=1.0 if which == "audio" else 0.0).eval()
+    audio, video, pad = random_batch()
+    source = {"audio": audio, "video": video}
+    extractor = {"audio": model.feature_extractor_audio, "video": model.feature_extractor_video}[which]
+    calls = []
+    handle = extractor.register_forward_hook(lambda *args: calls.append(1))
+    dropped = model(source, None, pad, mask=False, features_only=True, modality_drop=which)["x"]
+    assert not calls
+    handle.remove()
+    # the same as running the front-end and zeroing its output (the reference's order)
+    feats = model.encode_modalities(audio, video)
+    fused = model.fuse({**feats, which: feats[which] * 0})
+    features = model.post_extract_proj(model.layer_norm(fused.transpose(1, 2)))
+    expected, _ = model.encoder(features, pad)
+    torch.testing.assert_close(dropped, expected)
+    # sampled in training mode (modality_dropout=1): no gradient reaches the dropped front-end
+    model.train()
+    model(source, None, pad, mask=False, features_only=True)["x"].sum().backward()
+    assert all(p.grad is None for p in extractor.parameters())
+    kept = model.feature_extractor_video if which == "audio" else model.feature_extractor_audio
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in kept.parameters())
