@@ -285,6 +285,16 @@ class AVHubertModel(BaseFairseqModel):
             feats.setdefault(m, torch.zeros_like(ref))
         return feats
 
+    def _zero_gradient_link(self, modality: str) -> torch.Tensor:
+        """0, tied to every trainable parameter of `modality`'s front-end: a skipped front-end gets
+        zero gradients as under the reference's `0 * features` (so Adam's moments and weight decay
+        step as there, and DDP without `find_unused_parameters` finds every parameter used)."""
+        extractor = {"audio": self.feature_extractor_audio, "video": self.feature_extractor_video}[modality]
+        params = [p for p in extractor.parameters() if p.requires_grad]
+        if not params:
+            return torch.zeros((), device=self.mask_emb.device)
+        return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
+
     def resolve_modality_drop(self, which: str = "sample") -> str:
         """The modality dropout decision, "none", "audio" or "video". `which` (`MODALITY_DROP_CHOICES`):
 
@@ -379,13 +389,13 @@ class AVHubertModel(BaseFairseqModel):
         if mask and self.masking_type == "input":
             audio, video, mask_indices = self.mask_inputs(audio, video, padding_mask, mask_audio, mask_video)
         # The decision comes first: a dropped stream's front-end is not run (its output would be
-        # multiplied by zero; the ResNet is ~80 % of a small model's step). Its parameters then get
-        # no gradient in that batch: DDP needs legacy_ddp or find_unused_parameters (the shipped
-        # configs set one of them).
+        # multiplied by zero; the ResNet is ~80 % of a small model's step).
         drop = self.resolve_modality_drop(modality_drop)
+        skip = drop != "none" and source.get("video" if drop == "audio" else "audio") is not None
         feats = self.drop_modality(self.encode_modalities(
-            audio if drop != "audio" or video is None else None,
-            video if drop != "video" or audio is None else None), drop)
+            None if skip and drop == "audio" else audio, None if skip and drop == "video" else video), drop)
+        if skip and torch.is_grad_enabled():
+            feats[drop] = feats[drop] + self._zero_gradient_link(drop)
         features = self.fuse(feats)  # [B, C, T]
         if target_list is not None:
             features, target_list = self.align_targets(features, target_list)
