@@ -266,9 +266,13 @@ class AVHubertModel(BaseFairseqModel):
             min_space=cfg.mask_min_space,
         )
 
+    def front_end(self, modality: str) -> nn.Module:
+        """The feature extractor of "audio" or "video"."""
+        return {"audio": self.feature_extractor_audio, "video": self.feature_extractor_video}[modality]
+
     def encode_modality(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """Front-end of one modality with the gradient scale `feature_grad_mult` -> `[B, D, T]`."""
-        extractor = {"audio": self.feature_extractor_audio, "video": self.feature_extractor_video}[modality]
+        extractor = self.front_end(modality)
         if self.feature_grad_mult > 0:
             feats = extractor(x)
             return GradMultiply.apply(feats, self.feature_grad_mult) if self.feature_grad_mult != 1.0 else feats
@@ -285,14 +289,14 @@ class AVHubertModel(BaseFairseqModel):
             feats.setdefault(m, torch.zeros_like(ref))
         return feats
 
-    def _zero_gradient_link(self, modality: str) -> torch.Tensor:
+    def _zero_gradient_link(self, modality: str) -> Optional[torch.Tensor]:
         """0, tied to every trainable parameter of `modality`'s front-end: a skipped front-end gets
         zero gradients as under the reference's `0 * features` (so Adam's moments and weight decay
-        step as there, and DDP without `find_unused_parameters` finds every parameter used)."""
-        extractor = {"audio": self.feature_extractor_audio, "video": self.feature_extractor_video}[modality]
-        params = [p for p in extractor.parameters() if p.requires_grad]
-        if not params:
-            return torch.zeros((), device=self.mask_emb.device)
+        step as there, and DDP without `find_unused_parameters` finds every parameter used). None
+        where the reference gives it no gradient either (`feature_grad_mult` 0: run under no_grad)."""
+        params = [p for p in self.front_end(modality).parameters() if p.requires_grad]
+        if self.feature_grad_mult <= 0 or not params:
+            return None
         return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
 
     def resolve_modality_drop(self, which: str = "sample") -> str:
@@ -394,8 +398,9 @@ class AVHubertModel(BaseFairseqModel):
         skip = drop != "none" and source.get("video" if drop == "audio" else "audio") is not None
         feats = self.drop_modality(self.encode_modalities(
             None if skip and drop == "audio" else audio, None if skip and drop == "video" else video), drop)
-        if skip and torch.is_grad_enabled():
-            feats[drop] = feats[drop] + self._zero_gradient_link(drop)
+        link = self._zero_gradient_link(drop) if skip and torch.is_grad_enabled() else None
+        if link is not None:
+            feats[drop] = feats[drop] + link
         features = self.fuse(feats)  # [B, C, T]
         if target_list is not None:
             features, target_list = self.align_targets(features, target_list)

@@ -256,7 +256,7 @@ def test_dropped_stream_front_end_is_not_run(which):
     model = tiny_model(modality_dropout=1.0, audio_dropout=1.0 if which == "audio" else 0.0).eval()
     audio, video, pad = random_batch()
     source = {"audio": audio, "video": video}
-    extractor = {"audio": model.feature_extractor_audio, "video": model.feature_extractor_video}[which]
+    extractor = model.front_end(which)
     calls = []
     handle = extractor.register_forward_hook(lambda *args: calls.append(1))
     dropped = model(source, None, pad, mask=False, features_only=True, modality_drop=which)["x"]
@@ -275,3 +275,13 @@ def test_dropped_stream_front_end_is_not_run(which):
     assert all(p.grad is not None and p.grad.shape == p.shape and not p.grad.any() for p in extractor.parameters())
     kept = model.feature_extractor_video if which == "audio" else model.feature_extractor_audio
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in kept.parameters())
+
+
+def test_dropped_front_end_frozen_by_feature_grad_mult_gets_no_gradient():
+    """With `feature_grad_mult=0` the reference runs the front-ends under no_grad: their parameters
+    never get gradients (so the optimizer never moves them), dropped or not."""
+    model = tiny_model(modality_dropout=1.0, audio_dropout=0.0, feature_grad_mult=0.0).train()
+    audio, video, pad = random_batch()
+    model({"audio": audio, "video": video}, None, pad, mask=False, features_only=True)["x"].sum().backward()
+    assert all(p.grad is None for p in model.front_end("video").parameters())
+    assert all(p.grad is None for p in model.front_end("audio").parameters())
