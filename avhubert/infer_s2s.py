@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -237,12 +238,14 @@ def decode(cfg: Any) -> Dict[str, Any]:
             logger.warning("skipped %s: %s", item["id"], item["reason"])
         world = max(1, cfg.distributed_training.distributed_world_size or 1)
         rank = cfg.distributed_training.distributed_rank or 0
-        itr = task.get_batch_iterator(
-            dataset=dataset, max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
-            max_positions=(sys.maxsize, sys.maxsize), ignore_invalid_inputs=False,
-            required_batch_size_multiple=1, seed=cfg.common.seed, num_shards=world, shard_id=rank,
-            num_workers=cfg.dataset.num_workers,
-        ).next_epoch_itr(shuffle=False)
+        with warnings.catch_warnings():  # fairseq's loader always asks for pinned memory; torch warns without a GPU
+            warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true", category=UserWarning)
+            itr = task.get_batch_iterator(
+                dataset=dataset, max_tokens=cfg.dataset.max_tokens, max_sentences=cfg.dataset.batch_size,
+                max_positions=(sys.maxsize, sys.maxsize), ignore_invalid_inputs=False,
+                required_batch_size_multiple=1, seed=cfg.common.seed, num_shards=world, shard_id=rank,
+                num_workers=cfg.dataset.num_workers,
+            ).next_epoch_itr(shuffle=False)
         extra: Dict[str, Any] = {"ctc_weight": cfg.override.ctc_weight} if cfg.override.ctc_weight > 0 else {}
         if lm is not None:
             extra.update(lm_model=lm, lm_weight=cfg.generation.lm_weight)
