@@ -5,6 +5,8 @@ Stages (a rerun reuses every finished stage; outputs under `--out-dir`, default 
   2. cluster   MFCC features, k-means, 100 Hz frame labels (iteration 1)      -> labels/
   3. pretrain  AV-HuBERT masked cluster prediction (conf/demo/pretrain.yaml) on the 1800
                training utterances, without their transcripts                 -> pretrain/
+     (+ `--iterations N`: stages 2-3 again N - 1 times, k-means on the previous model's layer-3
+     features, 25 Hz labels, a new model                        -> labels_itK/, pretrain_itK/)
   4. finetune  CTC fine-tuning from the pre-trained encoder (conf/demo/finetune_ctc.yaml) -> finetune/
      (+ `--compare-scratch`: the same fine-tuning from random initialisation -> scratch/)
   5. decode    infer_s2s in audio, video and audio-visual modes, clean test audio and babble
@@ -63,6 +65,11 @@ TRAIN_PROCS = 2
 LABELLED_UTTERANCES = 1800
 # More utterances of the training speakers for pre-training only (`--unlabelled`).
 UNLABELLED_UTTERANCES = 0
+# Iterations after the first (`--iterations`): k-means (ITERATION_CLUSTERS) on the output of encoder
+# layer ITERATION_LAYER (of 4) of the previous model, 25 Hz labels, a new model pre-trained from random
+# initialisation, as AV-HuBERT's iterations 2-5 (spec section 7).
+ITERATION_LAYER = 3
+ITERATION_CLUSTERS = 100
 # Test decodes run two conditions at a time, in processes of one thread each.
 DECODE_WORKERS = 2
 
@@ -308,10 +315,11 @@ def transcribe_example(ckpt: Path, data: Path, out: Path, beam: int) -> Dict[str
 
 
 def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int, pretrain_updates: int,
-                       num_unlabelled: int = UNLABELLED_UTTERANCES) -> Tuple[Path, "CorpusPaths", Path]:
+                       num_unlabelled: int = UNLABELLED_UTTERANCES, iterations: int = 1) -> Tuple[Path, "CorpusPaths", Path]:
     """Stages 1-3 (each reused when finished): corpus, MFCC clusters, pre-training (on the labelled
-    training utterances plus `num_unlabelled` unlabelled ones). Returns (data folder, corpus paths,
-    pre-trained checkpoint)."""
+    training utterances plus `num_unlabelled` unlabelled ones); `iterations` > 1 repeats stages 2-3
+    with clusters of the previous model's features (`iteration_overrides`). Returns (data folder,
+    corpus paths, pre-trained checkpoint of the last iteration)."""
     _banner("1/7 corpus: TTS speech + mouth videos + babble noise")
     from demo.corpus import CorpusConfig, generate_corpus
 
@@ -321,11 +329,11 @@ def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int, 
 
     _banner("2/7 cluster: MFCC features -> k-means -> 100 Hz labels")
     labels = out / "labels"
+    cluster = [sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(paths.pretrain_dir), "--nshard", "2",
+               "--valid-splits", "valid", "--num-workers", str(num_workers), "--seed", str(seed)]
     if not _done(labels / ".done"):
-        run_logged([sys.executable, "-m", "clustering.run_iteration", "--tsv-dir", str(paths.pretrain_dir), "--out-dir", str(labels),
-                    "--feature", "mfcc", "--n-clusters", str(n_clusters), "--nshard", "2", "--label-ext", "mfcc",
-                    "--valid-splits", "valid", "--num-workers", str(num_workers), "--seed", str(seed)],
-                   labels / "cluster.log", show=("stage", "inertia"))
+        run_logged([*cluster, "--out-dir", str(labels), "--feature", "mfcc", "--n-clusters", str(n_clusters),
+                    "--label-ext", "mfcc"], labels / "cluster.log", show=("stage", "inertia"))
         (labels / ".done").touch()
 
     _banner("3/7 pretrain: masked multimodal cluster prediction")
@@ -336,7 +344,28 @@ def prepare_pretrained(out: Path, seed: int, num_workers: int, n_clusters: int, 
                                       f"optimization.max_update={pretrain_updates}", f"common.seed={seed}"])
         (pre / ".done").touch()
 
+    for it in range(2, iterations + 1):
+        _banner(f"2-3/7 iteration {it}: k-means on layer {ITERATION_LAYER} of iteration {it - 1}'s model, pre-training anew")
+        labels = out / f"labels_it{it}"
+        if not _done(labels / ".done"):
+            run_logged([*cluster, "--out-dir", str(labels), "--feature", "avhubert", "--ckpt", str(pre_ckpt),
+                        "--layer", str(ITERATION_LAYER), "--n-clusters", str(ITERATION_CLUSTERS), "--label-ext", "km",
+                        "--user-dir", str(REPO / "avhubert")], labels / "cluster.log", show=("stage", "inertia"))
+            (labels / ".done").touch()
+        pre = out / f"pretrain_it{it}"
+        pre_ckpt = pre / "checkpoints" / "checkpoint_last.pt"
+        if not _done(pre / ".done"):
+            hydra_train("pretrain", pre, [f"task.data={paths.pretrain_dir}", f"task.label_dir={labels}",
+                                          f"optimization.max_update={pretrain_updates}", f"common.seed={seed}",
+                                          *iteration_overrides()])
+            (pre / ".done").touch()
+
     return data, paths, pre_ckpt
+
+
+def iteration_overrides() -> List[str]:
+    """conf/demo/pretrain.yaml's changes for iterations >= 2: `.km` labels at the video frame rate."""
+    return ["task.labels=[km]", "model.label_rate=25"]
 
 
 def finetune_overrides(data: Path, noise_dir: Path, pre_ckpt: Path, updates: int, seed: int) -> List[str]:
@@ -355,6 +384,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="unlabelled training-speaker utterances added to the pre-training data")
     p.add_argument("--finetune-updates", type=int, default=2400)
     p.add_argument("--n-clusters", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=1,
+                   help="pre-training iterations; >= 2 clusters the previous model's features (each adds ~4 min)")
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--compare-scratch", action="store_true", help="also fine-tune from random initialisation")
     p.add_argument("--num-workers", type=int, default=2)
@@ -365,8 +396,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if find_tcmalloc() is None:
         print("note: libtcmalloc_minimal not found (Debian: libtcmalloc-minimal4); training runs about 20% slower")
 
+    if a.iterations < 1:
+        p.error(f"--iterations must be >= 1, got {a.iterations}")
     data, paths, pre_ckpt = prepare_pretrained(out, a.seed, a.num_workers, a.n_clusters, a.pretrain_updates,
-                                               a.unlabelled)
+                                               a.unlabelled, a.iterations)
 
     runs = {"pretrained": (out / "finetune", False)}
     if a.compare_scratch:
