@@ -385,19 +385,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--finetune-updates", type=int, default=2400)
     p.add_argument("--n-clusters", type=int, default=50)
     p.add_argument("--iterations", type=int, default=1,
-                   help="pre-training iterations; >= 2 clusters the previous model's features (each adds ~4 min)")
+                   help="pre-training iterations; >= 2 clusters the previous model's features (each adds ~3 min)")
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--compare-scratch", action="store_true", help="also fine-tune from random initialisation")
     p.add_argument("--num-workers", type=int, default=2)
     a = p.parse_args(argv)
+    if a.iterations < 1:
+        p.error(f"--iterations must be >= 1, got {a.iterations}")
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if find_tcmalloc() is None:
         print("note: libtcmalloc_minimal not found (Debian: libtcmalloc-minimal4); training runs about 20% slower")
 
-    if a.iterations < 1:
-        p.error(f"--iterations must be >= 1, got {a.iterations}")
     data, paths, pre_ckpt = prepare_pretrained(out, a.seed, a.num_workers, a.n_clusters, a.pretrain_updates,
                                                a.unlabelled, a.iterations)
 

@@ -67,8 +67,10 @@ def test_finished_iterations_are_reused(recorded, tmp_path):
     assert _arg(recorded[0][1], "--ckpt") == str(tmp_path / "pretrain_it2" / "checkpoints" / "checkpoint_last.pt")
 
 
-def test_iterations_below_one_are_refused(capsys):
+def test_iterations_below_one_are_refused(capsys, tmp_path):
+    out = tmp_path / "demo_out"
     with pytest.raises(SystemExit) as exc:
-        run.main(["--iterations", "0", "--out-dir", "/nonexistent/never-created"])
+        run.main(["--iterations", "0", "--out-dir", str(out)])
     assert exc.value.code == 2
     assert "--iterations must be >= 1" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
