@@ -395,7 +395,7 @@ class AVHubertModel(BaseFairseqModel):
         # The decision comes first: a dropped stream's front-end is not run (its output would be
         # multiplied by zero; the ResNet is ~80 % of a small model's step).
         drop = self.resolve_modality_drop(modality_drop)
-        skip = drop != "none" and source.get("video" if drop == "audio" else "audio") is not None
+        skip = drop != "none" and (video if drop == "audio" else audio) is not None  # the other stream is there
         feats = self.drop_modality(self.encode_modalities(
             None if skip and drop == "audio" else audio, None if skip and drop == "video" else video), drop)
         link = self._zero_gradient_link(drop) if skip and torch.is_grad_enabled() else None
