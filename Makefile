@@ -14,10 +14,12 @@ APT_OPTIONAL := libtcmalloc-minimal4
 setup: $(STAMP)
 
 # Idempotent: re-running only re-checks the stamp (fast). Order: torch, numpy+cython, fairseq
-# (built against that torch, without build isolation), then the rest. On a new machine the Debian
-# packages install in the background while pip works (when apt needs no password prompt), and
-# fairseq's six C/C++ extensions compile in parallel (setuptools' build_ext.parallel through
-# DIST_EXTRA_CONFIG; its build took 117 s instead of 189 s on 2 cores).
+# (built against that torch, without build isolation), then the rest. On a new machine three things
+# overlap: the Debian packages install in the background (when apt needs no password prompt), and
+# fairseq's wheel builds (`pip wheel`, which does not touch the venv) while pip installs the other
+# requirements; then the built wheel is installed with fairseq's own dependencies. fairseq's
+# extensions compile one at a time: setuptools' build_ext.parallel (117 s instead of 189 s on 2
+# cores) races in torch's BuildExtension and failed one build in three, so it is not used.
 $(STAMP): requirements.txt Makefile pyproject.toml
 	@set -e; run() { echo "+ $$*"; "$$@"; }; \
 	test -x $(PY) || run python3 -m venv $(VENV); \
@@ -27,12 +29,14 @@ $(STAMP): requirements.txt Makefile pyproject.toml
 	else \
 		$(MAKE) --no-print-directory system-deps; deps=""; \
 	fi; \
-	printf '[build_ext]\nparallel = %s\n' "$$(nproc)" > $(abspath $(VENV))/build_ext.cfg; \
 	run $(PIP) install -q --upgrade pip wheel setuptools; \
 	run $(PIP) install -q torch==2.13.0; \
 	run $(PIP) install -q numpy==2.4.6 cython==3.3.1; \
-	DIST_EXTRA_CONFIG=$(abspath $(VENV))/build_ext.cfg run $(PIP) install -q --no-build-isolation fairseq-fixed==0.12.3.1; \
-	run $(PIP) install -q -r requirements.txt; \
+	run $(PIP) wheel -q --no-deps --no-build-isolation -w $(VENV)/wheels fairseq-fixed==0.12.3.1 & fairseq=$$!; \
+	grep -v '^fairseq-fixed' requirements.txt > $(VENV)/requirements-rest.txt; \
+	run $(PIP) install -q -r $(VENV)/requirements-rest.txt; \
+	wait $$fairseq || { echo "error: building fairseq-fixed failed (log above)"; exit 1; }; \
+	run $(PIP) install -q --no-build-isolation --find-links $(VENV)/wheels fairseq-fixed==0.12.3.1; \
 	echo "# fairseq pulls torchaudio, whose PyPI build does not load with this torch; transformers probes it at import"; \
 	run $(PIP) uninstall -y -q torchaudio; \
 	run $(PIP) install -q --no-deps --no-build-isolation -e .; \
