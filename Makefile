@@ -17,15 +17,16 @@ setup: $(STAMP)
 # (built against that torch, without build isolation), then the rest. On a new machine three things
 # overlap: the Debian packages install in the background (when apt needs no password prompt), and
 # fairseq's wheel builds (`pip wheel`, which does not touch the venv) while pip installs the other
-# requirements; then the built wheel is installed with fairseq's own dependencies. fairseq's
+# requirements; then the built wheel is installed with fairseq's own dependencies (a failed step
+# still waits for both background jobs before make stops). fairseq's
 # extensions compile one at a time: setuptools' build_ext.parallel (117 s instead of 189 s on 2
 # cores) races in torch's BuildExtension and failed one build in three, so it is not used.
 $(STAMP): requirements.txt Makefile pyproject.toml
 	@set -e; run() { echo "+ $$*"; "$$@"; }; \
+	trap 'wait 2>/dev/null || true' EXIT; \
 	test -x $(PY) || run python3 -m venv $(VENV); \
 	if [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
 		$(MAKE) --no-print-directory system-deps > $(VENV)/system-deps.log 2>&1 & deps=$$!; \
-		trap 'wait $$deps 2>/dev/null || true' EXIT; \
 	else \
 		$(MAKE) --no-print-directory system-deps; deps=""; \
 	fi; \
